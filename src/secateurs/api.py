@@ -1,0 +1,238 @@
+"""Python entry points: ``prune`` (an in-memory model), ``evaluate`` and ``run_prune`` (the whole job the
+CLI runs: load, calibrate, prune, evaluate, save)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as data_module
+from .engine import walk
+from .errors import CalibrationError, NumericalError, RecipeError
+from .evaluate import perplexity
+from .export import check_output_folder, save_checkpoint
+from .methods import get_method, magnitude
+from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
+from .models.load import check_causal_lm
+from .observers import InputNormObserver
+from .patterns import nm_mask, unstructured_mask
+from .recipe import Recipe
+from .report import machine, peak_cuda_mib, peak_rss_mib, versions
+
+
+def _check_finite_weights(model: nn.Module, targets: list[Target]) -> None:
+    for target in targets:
+        if not torch.isfinite(target.weight()).all():
+            raise NumericalError(f"the model's weight {target.name} holds NaN or Inf: the checkpoint is damaged")
+
+
+def _all_targets(model: nn.Module, recipe: Recipe) -> list[Target]:
+    name, blocks = find_blocks(model)
+    return [t for i, block in enumerate(blocks) for t in find_targets(block, f"{name}.{i}", recipe.ignore)]
+
+
+def prune(
+    model: nn.Module,
+    recipe: Recipe,
+    calibration: torch.Tensor | None = None,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prune ``model`` in place as ``recipe`` says and return the report.
+
+    ``calibration``: token ids ``[nsamples, seqlen]`` (see ``secateurs.data.calibration_windows``); methods
+    that score with activations (Wanda) need it, magnitude does not. Only one block at a time is moved to
+    ``device``; the model is returned to the CPU.
+    """
+    check_causal_lm(model)
+    method = get_method(recipe.method)
+    pattern = recipe.nm_pattern
+    sparsity = recipe.target_sparsity
+    device = resolve_device(device)
+    targets = _all_targets(model, recipe)
+    if not targets:
+        raise RecipeError("no layer is left to prune: the --ignore patterns match every weight")
+    _check_finite_weights(model, targets)
+    if method.needs_inputs and calibration is None:
+        raise CalibrationError(f"{method.name} scores weights with calibration activations: give calibration data")
+    layers: list[dict[str, Any]] = []
+
+    def solve(target: Target, observer: InputNormObserver | None) -> None:
+        weight = target.weight()
+        work = weight.float()
+        score_function, inputs, per_row, note = method.score, None, method.per_row, None
+        if method.needs_inputs:
+            if observer is None or observer.tokens == 0:
+                score_function, note = magnitude.score, "no calibration token reached it: magnitude used"
+            elif not torch.isfinite(observer.sum_squares).all():
+                raise NumericalError(
+                    f"the inputs of {target.name} hold NaN or Inf on the calibration data: try --dtype float32"
+                )
+            else:
+                inputs = observer.sum_squares
+        score = score_function(work, inputs)
+        mask = nm_mask(score, pattern) if pattern is not None else unstructured_mask(score, sparsity, per_row)
+        weight.masked_fill_(~mask, 0)
+        zeros = int((weight == 0).sum())
+        layer = {"name": target.name, "shape": list(weight.shape), "sparsity": zeros / weight.numel()}
+        if note:
+            layer["note"] = note
+        layers.append(layer)
+
+    def make_observer(target: Target) -> InputNormObserver | None:
+        if not method.needs_inputs:
+            return None
+        return InputNormObserver(target.in_features, target.weight().device)
+
+    start = time.perf_counter()
+    walk_info: dict[str, Any] = {}
+    if method.needs_inputs:
+        info = walk(
+            model,
+            calibration,
+            make_observer,
+            solve,
+            ignore=recipe.ignore,
+            true_sequential=recipe.true_sequential,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        walk_info = {
+            "mode": info.mode,
+            "batch_size": info.batch_size,
+            "passes_per_block": info.passes_per_block,
+            "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
+            "notes": info.notes,
+        }
+    else:
+        with torch.no_grad():
+            for target in targets:
+                solve(target, None)
+    seconds = time.perf_counter() - start
+    total = sum(layer["shape"][0] * layer["shape"][1] for layer in layers)
+    zeros = sum(layer["sparsity"] * layer["shape"][0] * layer["shape"][1] for layer in layers)
+    return {
+        "recipe": recipe.to_dict(),
+        "device": str(device),
+        "calibration": None if calibration is None else list(calibration.shape),
+        "sparsity": round(zeros / total, 6),
+        "pruned_parameters": total,
+        "prune_seconds": round(seconds, 3),
+        "walk": walk_info,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_cuda_mib": peak_cuda_mib(),
+        "layers": layers,
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    dataset: str = "wikitext2",
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> float:
+    """Perplexity of ``model`` on ``dataset`` (wikitext2, c4, ptb or a text file); moves the model to
+    ``device``."""
+    check_causal_lm(model)
+    device = resolve_device(device)
+    ids = data_module.evaluation_ids(dataset, tokenizer, seqlen)
+    model.to(device)
+    return perplexity(model, ids, seqlen, max_windows, batch_size, device, progress=progress)
+
+
+def run_prune(
+    model_source: str,
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    calib: str = "c4",
+    nsamples: int = 128,
+    seqlen: int = 2048,
+    seed: int = 0,
+    eval_dataset: str | None = None,
+    eval_seqlen: int = 2048,
+    eval_windows: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load ``model_source``, prune it, optionally evaluate, and save it to ``out``; returns the report
+    (also written as ``out/secateurs.json``). Every argument is checked before the long work starts."""
+    out_path = check_output_folder(out, overwrite, source=model_source)
+    torch_device = resolve_device(device)
+    resolve_dtype(dtype)
+    method = get_method(recipe.method)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    corpus = data_module.load_corpus(calib) if method.needs_inputs else None
+    model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
+    timings["load"] = time.perf_counter() - start
+
+    calibration = None
+    if corpus is not None:
+        start = time.perf_counter()
+        calibration = data_module.calibration_windows(corpus, tokenizer, nsamples, seqlen, seed)
+        timings["calibration_data"] = time.perf_counter() - start
+
+    result: dict[str, Any] = {}
+    eval_ids = None
+    if eval_dataset:
+        start = time.perf_counter()
+        eval_ids = data_module.evaluation_ids(eval_dataset, tokenizer, eval_seqlen)
+        model.to(torch_device)
+        result["perplexity_before"] = perplexity(
+            model, eval_ids, eval_seqlen, eval_windows, 1, torch_device, progress=progress
+        )
+        model.to("cpu")
+        timings["eval_before"] = time.perf_counter() - start
+
+    report = prune(model, recipe, calibration, device=torch_device, batch_size=batch_size, progress=progress)
+    timings["prune"] = report["prune_seconds"]
+    peak_after_prune = peak_rss_mib()
+
+    if eval_ids is not None:
+        start = time.perf_counter()
+        model.to(torch_device)
+        result["perplexity_after"] = perplexity(
+            model, eval_ids, eval_seqlen, eval_windows, 1, torch_device, progress=progress
+        )
+        model.to("cpu")
+        timings["eval_after"] = time.perf_counter() - start
+        result["evaluation"] = {"dataset": eval_dataset, "seqlen": eval_seqlen, "windows": eval_windows}
+
+    report.update(result)
+    report.update(
+        {
+            "model": str(model_source),
+            "dtype": dtype,
+            "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+            if calibration is not None
+            else None,
+            "versions": versions(),
+            "machine": machine(),
+            "peak_rss_mib_after_prune": peak_after_prune,
+        }
+    )
+    start = time.perf_counter()
+    save_checkpoint(model, tokenizer, out_path, {**report, "seconds": timings}, overwrite)
+    timings["save"] = time.perf_counter() - start
+    report["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    report["peak_rss_mib"] = peak_rss_mib()
+    # the saved report gets the save time too
+    (out_path / "secateurs.json").write_text(__import__("json").dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,137 @@
+"""The ``secateurs`` command: parses arguments and calls ``secateurs.api``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .errors import SecateursError
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickle (.bin) checkpoints")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secateurs", description="Prune large language models one-shot.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prune = commands.add_parser("prune", help="prune a model and save it")
+    prune.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
+    prune.add_argument("--method", default="wanda", help="magnitude or wanda (default: wanda)")
+    prune.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer (default 0.5)")
+    prune.add_argument(
+        "--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4 (default: unstructured)"
+    )
+    prune.add_argument("--calib", default="c4", help="c4, wikitext2, ptb, builtin, or a .txt/.jsonl file")
+    prune.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    prune.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    prune.add_argument(
+        "--ignore",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="GLOB",
+        help="layer-name globs left dense, e.g. '*.down_proj'",
+    )
+    prune.add_argument(
+        "--true-sequential",
+        action="store_true",
+        help="one pass per block, each Linear pruned before later ones see its output",
+    )
+    prune.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward")
+    prune.add_argument(
+        "--eval", default=None, metavar="DATASET", help="perplexity before/after: wikitext2, c4, ptb or a file"
+    )
+    prune.add_argument("--eval-seqlen", type=int, default=2048)
+    prune.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only")
+    _add_common(prune)
+
+    evaluate = commands.add_parser("eval", help="measure a model's perplexity")
+    evaluate.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
+    evaluate.add_argument("--ppl", default="wikitext2", help="wikitext2, c4, ptb or a text file")
+    evaluate.add_argument("--seqlen", type=int, default=2048)
+    evaluate.add_argument("--max-windows", type=int, default=None)
+    evaluate.add_argument("--batch-size", type=int, default=1)
+    _add_common(evaluate)
+    return parser
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from .api import run_prune
+    from .recipe import Recipe
+
+    recipe = Recipe(args.method, args.sparsity, args.pattern, args.ignore, args.true_sequential)
+    report = run_prune(
+        args.model,
+        recipe,
+        args.out,
+        calib=args.calib,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        eval_dataset=args.eval,
+        eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        trust_pickle=args.trust_pickle,
+        progress=not args.quiet,
+    )
+    summary = {
+        key: report.get(key)
+        for key in ("sparsity", "prune_seconds", "perplexity_before", "perplexity_after", "peak_rss_mib")
+    }
+    print(json.dumps({"out": str(args.out), **{k: v for k, v in summary.items() if v is not None}}))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .api import evaluate
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model, args.dtype, trust_pickle=args.trust_pickle)
+    value = evaluate(
+        model, tokenizer, args.ppl, args.seqlen, args.max_windows, args.batch_size, args.device, progress=not args.quiet
+    )
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "dataset": args.ppl,
+                "seqlen": args.seqlen,
+                "windows": args.max_windows,
+                "perplexity": round(value, 4),
+            }
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        {"prune": _prune, "eval": _evaluate}[args.command](args)
+    except SecateursError as error:
+        print(f"secateurs: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("secateurs: interrupted; no output was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""The block-by-block walk (see ../shared/DESIGN.md): capture the first block's inputs, then for each
+block observe its weights' inputs, solve (prune), and propagate the pruned block's outputs to the next.
+
+The engine knows no methods: the caller gives ``make_observer(target)`` (statistics to stream, or None)
+and ``solve(target, observer)`` (prunes ``target.weight()`` in place). Three walks:
+
+* two-pass (default, the Wanda paper's procedure): per block, one pass in batches with hooks gathering
+  statistics, then every weight is solved, then a second pass computes the pruned block's outputs;
+* one-pass true-sequential: the block's whole calibration batch goes through at once; a forward
+  pre-hook on each Linear gathers its statistics and prunes it before the forward continues, so later
+  Linears see pruned earlier ones and the block's output is already the next block's input;
+* staged true-sequential, the fallback when the whole batch does not fit in memory: one pass in batches
+  per stage of Linears that share an input (q/k/v, o, gate/up, down), then one pass for the outputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from tqdm.auto import tqdm
+
+from .errors import UnsupportedModelError
+from .models.discover import Target, find_blocks, find_targets
+
+
+class Observer(Protocol):
+    def update(self, inputs: torch.Tensor) -> None: ...
+
+
+MakeObserver = Callable[[Target], Observer | None]
+Solve = Callable[[Target, Observer | None], None]
+
+# A captured KV cache grows by gigabytes and is never needed for calibration.
+_NO_CACHE = {"past_key_values": None, "past_key_value": None, "layer_past": None, "use_cache": False}
+
+
+class _StopForward(Exception):
+    """Raised after the last block has recorded its arguments: nothing after the blocks is needed."""
+
+
+@dataclass
+class BlockInputs:
+    """The first block's input hidden states (one tensor per batch) and every block's other arguments,
+    recorded once per batch size (masks and position embeddings depend on it, not on the tokens)."""
+
+    hidden: list[torch.Tensor]
+    arguments: dict[int, list[dict[str, Any]]]
+
+    def block_arguments(self, index: int, batch: torch.Tensor) -> dict[str, Any]:
+        return self.arguments[batch.shape[0]][index]
+
+
+@dataclass
+class WalkReport:
+    mode: str
+    batch_size: int
+    passes_per_block: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _bind_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """Split a block call into its hidden states and keyword arguments, with the KV cache dropped."""
+    bound = signature.bind(*args, **kwargs)
+    arguments = dict(bound.arguments)
+    parameters = signature.parameters
+    hidden = arguments.pop(next(iter(parameters)))
+    for name, parameter in parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
+            arguments.update(arguments.pop(name))
+        elif parameter.kind is inspect.Parameter.VAR_POSITIONAL and arguments.pop(name, ()):
+            raise UnsupportedModelError("a decoder block takes extra positional arguments: not supported")
+    for name, value in _NO_CACHE.items():
+        if name in arguments:
+            arguments[name] = value
+    return hidden, arguments
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+    output = block(hidden, **arguments)
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> None:
+    """Move embeddings, rotary tables, norms... to ``device``; blocks stay where they are."""
+
+    def visit(module: nn.Module) -> None:
+        if module is blocks:
+            return
+        for child in module.children():
+            visit(child)
+        for parameter in module.parameters(recurse=False):
+            parameter.data = parameter.data.to(device)
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = buffer.to(device)
+
+    visit(model)
+
+
+def capture_block_inputs(
+    model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int, device: torch.device
+) -> BlockInputs:
+    """Run the model on ``input_ids`` with every block replaced by a recorder that passes its input
+    through: block 0's inputs are kept, and each block's own arguments (sliding or global masks,
+    per-layer rotary tables...) are recorded, so every block later runs with exactly what the model
+    would give it. The last recorder stops the forward: no head, no logits."""
+    hidden: list[torch.Tensor] = []
+    arguments: dict[int, list[dict[str, Any]]] = {}
+    recording: list[list[dict[str, Any]] | None] = [None]
+
+    def recorder(index: int, signature: inspect.Signature) -> Callable:
+        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            states, block_arguments = _bind_arguments(signature, args, kwargs)
+            if index == 0:
+                hidden.append(states)
+            if recording[0] is not None:
+                recording[0].append(block_arguments)
+            if index == len(blocks) - 1:
+                raise _StopForward
+            return states
+
+        return forward
+
+    for index, block in enumerate(blocks):
+        block.forward = recorder(index, inspect.signature(block.forward))
+    _move_outside_blocks(model, blocks, device)
+    try:
+        for batch in input_ids.split(batch_size):
+            recording[0] = None if batch.shape[0] in arguments else arguments.setdefault(batch.shape[0], [])
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for block in blocks:
+            del block.forward
+        if device.type != "cpu":
+            _move_outside_blocks(model, blocks, torch.device("cpu"))
+    return BlockInputs(hidden, arguments)
+
+
+class _ExpertInputs(TorchFunctionMode):
+    """Sees ``F.linear(x, parameter[e])`` calls on fused 3-D expert weights and reports ``x`` for
+    expert ``e``: transformers' eager experts path slices the parameter, so the weight is a view of it."""
+
+    def __init__(self, experts: dict[int, dict[int, Target]], on_input: Callable) -> None:
+        super().__init__()
+        self.experts = experts
+        self.on_input = on_input
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            base = getattr(weight, "_base", None)
+            if base is not None and id(base) in self.experts:
+                expert = (weight.storage_offset() - base.storage_offset()) // base.stride(0)
+                target = self.experts[id(base)].get(expert)
+                if target is not None:
+                    self.on_input(target, args[0] if args else kwargs["input"])
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def observing(targets: list[Target], on_input: Callable[[Target, torch.Tensor], None]) -> Iterator[None]:
+    """While active, ``on_input(target, x)`` is called with each target's input just before it is used
+    (a forward pre-hook on Linear/Conv1D, a torch-function mode for fused experts)."""
+    handles = []
+    experts: dict[int, dict[int, Target]] = {}
+    for target in targets:
+        if target.expert is None:
+
+            def hook(module: nn.Module, args: tuple, kwargs: dict, target: Target = target) -> None:
+                on_input(target, args[0] if args else kwargs["input"])
+
+            handles.append(target.module.register_forward_pre_hook(hook, with_kwargs=True))
+        else:
+            experts.setdefault(id(target.parameter), {})[target.expert] = target
+    try:
+        with _ExpertInputs(experts, on_input) if experts else nullcontext():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def whole_batch_fits(model: nn.Module, targets: list[Target], input_ids: torch.Tensor, device: torch.device) -> bool:
+    """Rough bound on one block's activations for the whole calibration batch at once: a few copies of
+    the hidden states and of the widest projection, plus attention scores where they are materialized."""
+    tokens = input_ids.numel()
+    element = torch.finfo(next(model.parameters()).dtype).bits // 8
+    config = getattr(model, "config", None)
+    hidden_size = getattr(config, "hidden_size", 0) or max(t.in_features for t in targets)
+    widest = max(t.weight().shape[0] for t in targets)
+    needed = tokens * element * (8 * hidden_size + 4 * widest)
+    if getattr(config, "_attn_implementation", "eager") == "eager":
+        heads = getattr(config, "num_attention_heads", 1)
+        needed += input_ids.shape[0] * heads * input_ids.shape[1] ** 2 * element * 2
+    return needed < 0.6 * _available_memory(device)
+
+
+def _input_key(inputs: torch.Tensor, target: Target) -> tuple:
+    # Linears fed the same tensor (q/k/v, gate/up) form one stage; an expert parameter is one stage.
+    if target.expert is not None:
+        return ("experts", id(target.parameter))
+    return ("tensor", inputs.data_ptr(), tuple(inputs.shape))
+
+
+def walk(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    make_observer: MakeObserver,
+    solve: Solve,
+    *,
+    ignore: list[str] | tuple[str, ...] = (),
+    true_sequential: bool = False,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> WalkReport:
+    """Prune every target of every decoder block of ``model`` in place, block by block."""
+    device = torch.device(device)
+    blocks_name, blocks = find_blocks(model)
+    first_targets = find_targets(blocks[0], f"{blocks_name}.0", ignore) or find_targets(blocks[0], "")
+    samples = input_ids.shape[0]
+    if true_sequential and batch_size is None:
+        whole = whole_batch_fits(model, first_targets, input_ids, device)
+        batch_size = samples if whole else max(1, samples // 8)
+    batch_size = min(batch_size or 8, samples)
+    mode = "two-pass"
+    if true_sequential:
+        mode = "one-pass" if batch_size >= samples else "staged"
+    report = WalkReport(mode=mode, batch_size=batch_size)
+    if mode == "staged":
+        report.notes.append(
+            f"the whole calibration batch ({samples} samples) does not fit in memory at once: "
+            f"true-sequential walk in stages, batches of {batch_size}"
+        )
+    seconds = dict.fromkeys(("capture", "observe", "solve", "propagate"), 0.0)
+    timed_solve = _timed(solve, seconds)
+
+    restore_experts = _eager_experts(model)
+    try:
+        with torch.no_grad():
+            start = time.perf_counter()
+            inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
+            seconds["capture"] = time.perf_counter() - start
+            passes = 0
+            bar = tqdm(blocks, desc="pruning", unit="block", disable=not progress)
+            for index, block in enumerate(bar):
+                block.to(device)
+                targets = find_targets(block, f"{blocks_name}.{index}", ignore)
+                arguments = {size: per_block[index] for size, per_block in inputs.arguments.items()}
+                step = {"two-pass": _two_pass, "one-pass": _one_pass, "staged": _staged}[mode]
+                passes += step(block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds)
+                if device.type != "cpu":
+                    block.to("cpu")
+            report.passes_per_block = passes / max(1, len(blocks))
+    finally:
+        restore_experts()
+    report.seconds = seconds
+    return report
+
+
+def _timed(solve: Solve, seconds: dict[str, float]) -> Solve:
+    def timed(target: Target, observer: Observer | None) -> None:
+        start = time.perf_counter()
+        solve(target, observer)
+        seconds["solve"] += time.perf_counter() - start
+
+    return timed
+
+
+def _eager_experts(model: nn.Module) -> Callable[[], None]:
+    """Route fused MoE experts through transformers' eager loop (F.linear per expert) so their inputs
+    can be observed; returns the function that restores the previous implementation."""
+    previous = getattr(getattr(model, "config", None), "_experts_implementation", None)
+    if previous in (None, "eager") or not hasattr(model, "set_experts_implementation"):
+        return lambda: None
+    model.set_experts_implementation("eager")
+    return lambda: model.set_experts_implementation(previous)
+
+
+def _feed(observers: dict[Target, Observer | None]) -> Callable[[Target, torch.Tensor], None]:
+    def on_input(target: Target, inputs: torch.Tensor) -> None:
+        observer = observers[target]
+        if observer is not None:
+            observer.update(inputs)
+
+    return on_input
+
+
+def _pass(block: nn.Module, hidden: list[torch.Tensor], arguments: dict, keep: bool) -> None:
+    for j, batch in enumerate(hidden):
+        output = run_block(block, batch, arguments[batch.shape[0]])
+        if keep:
+            hidden[j] = output
+
+
+def _two_pass(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+    observers = {target: make_observer(target) for target in targets}
+    passes = 0
+    if any(o is not None for o in observers.values()):
+        start = time.perf_counter()
+        with observing(targets, _feed(observers)):
+            _pass(block, hidden, arguments, keep=False)
+        seconds["observe"] += time.perf_counter() - start
+        passes += 1
+    for target in targets:
+        solve(target, observers[target])
+    start = time.perf_counter()
+    _pass(block, hidden, arguments, keep=True)
+    seconds["propagate"] += time.perf_counter() - start
+    return passes + 1
+
+
+def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+    solved: set[Target] = set()
+
+    def on_input(target: Target, inputs: torch.Tensor) -> None:
+        if target in solved:  # a weight used twice is pruned once, on its first use
+            return
+        observer = make_observer(target)
+        if observer is not None:
+            observer.update(inputs)
+        solve(target, observer)
+        solved.add(target)
+
+    start = time.perf_counter()
+    solve_before = seconds["solve"]
+    with observing(targets, on_input):
+        _pass(block, hidden, arguments, keep=True)
+    for target in targets:  # never used (an expert no token was routed to)
+        if target not in solved:
+            solve(target, make_observer(target))
+    seconds["propagate"] += time.perf_counter() - start - (seconds["solve"] - solve_before)
+    return 1
+
+
+def _staged(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+    observers = {target: make_observer(target) for target in targets}
+    stage_of: dict[Target, tuple] = {}
+    order: list[tuple] = []
+
+    def first_pass(target: Target, inputs: torch.Tensor) -> None:
+        if target not in stage_of:
+            key = _input_key(inputs, target)
+            stage_of[target] = key
+            if key not in order:
+                order.append(key)
+        feed(target, inputs)
+
+    feed = _feed(observers)
+    start = time.perf_counter()
+    with observing(targets, first_pass):
+        _pass(block, hidden, arguments, keep=False)
+    seconds["observe"] += time.perf_counter() - start
+    stages = [[t for t in targets if stage_of.get(t) == key] for key in order]
+    unused = [t for t in targets if t not in stage_of]
+    passes = 1
+    for number, stage in enumerate(stages):
+        if number > 0:  # stage 0's statistics from the first pass are already exact
+            fresh = {target: make_observer(target) for target in stage}
+            start = time.perf_counter()
+            with observing(stage, _feed(fresh)):
+                _pass(block, hidden, arguments, keep=False)
+            seconds["observe"] += time.perf_counter() - start
+            observers.update(fresh)
+            passes += 1
+        for target in stage:
+            solve(target, observers[target])
+    for target in unused:
+        solve(target, make_observer(target))
+    start = time.perf_counter()
+    _pass(block, hidden, arguments, keep=True)
+    seconds["propagate"] += time.perf_counter() - start
+    return passes + 1

@@ -1,0 +1,33 @@
+"""Errors a user can cause. Each message says what to do about it."""
+
+
+class SecateursError(Exception):
+    """Base class: the CLI prints these as one line, without a traceback."""
+
+
+class RecipeError(SecateursError, ValueError):
+    """The requested method, sparsity or pattern is not valid."""
+
+
+class ModelLoadError(SecateursError):
+    """The model could not be found or read."""
+
+
+class UnsupportedModelError(SecateursError):
+    """The model is readable but secateurs cannot prune it (not a causal LM, no decoder blocks...)."""
+
+
+class CalibrationError(SecateursError):
+    """The calibration or evaluation text is missing, unreadable or too short."""
+
+
+class NumericalError(SecateursError):
+    """NaN or Inf in weights or statistics."""
+
+
+class OutputError(SecateursError):
+    """The output folder cannot be written."""
+
+
+class DeviceError(SecateursError):
+    """The requested device is not available."""

@@ -1,0 +1,64 @@
+"""Hugging Face checkpoints, written atomically: a temporary sibling folder, renamed when complete, so an
+interrupted run never leaves a folder that looks like a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import OutputError
+
+REPORT_NAME = "secateurs.json"
+
+
+def check_output_folder(out: str | Path, overwrite: bool = False, source: str | Path | None = None) -> Path:
+    """Refuse, before any work, an output that would lose data or cannot be written."""
+    out = Path(out).expanduser().resolve()
+    if source is not None:
+        source_path = Path(source).expanduser().resolve()
+        source_folder = source_path.parent if source_path.is_file() else source_path
+        if out == source_folder or out == source_path:
+            raise OutputError(f"output {out} is the input model's folder: choose another --out")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} is a file: choose a folder path for --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"output folder {out} is not empty: choose another --out, or pass --overwrite")
+    parent = out.parent
+    if not parent.is_dir():
+        raise OutputError(f"the folder {parent} does not exist: create it first, or choose another --out")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write in {parent}: choose a writable place for --out")
+    return out
+
+
+def save_checkpoint(
+    model: nn.Module, tokenizer: Any, out: str | Path, report: dict[str, Any], overwrite: bool = False
+) -> Path:
+    """Write ``model`` (safetensors), ``tokenizer`` and the report ``secateurs.json`` to ``out``."""
+    out = check_output_folder(out, overwrite)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save_pretrained(partial)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
+        (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(partial, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(partial, out)
+    except OSError as error:
+        raise OutputError(
+            f"could not write {out}: {error.strerror or error}: free space or choose another --out"
+        ) from error
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out

@@ -1,0 +1,74 @@
+"""Find a causal LM's decoder blocks and the weights inside them, without per-architecture tables.
+
+Blocks: the ``nn.ModuleList`` holding most of the model's parameters (``model.layers``, ``transformer.h``,
+``model.decoder.layers``, ``gpt_neox.layers`` ...). Weights: every ``nn.Linear``, every GPT-2 style
+``Conv1D`` (stored transposed), and every 3-D parameter, which transformers uses for fused MoE experts
+(``[experts, out_features, in_features]``, applied with ``F.linear(x, weight[e])``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass(eq=False)
+class Target:
+    """One prunable weight matrix: a Linear, a Conv1D, or one expert of a fused 3-D parameter."""
+
+    name: str
+    module: nn.Module
+    parameter: nn.Parameter
+    expert: int | None = None
+    transposed: bool = False  # Conv1D keeps [in, out]
+
+    def weight(self) -> torch.Tensor:
+        """A ``[out_features, in_features]`` view of the stored weight; writing to it writes the model."""
+        data = self.parameter.data
+        if self.expert is not None:
+            data = data[self.expert]
+        return data.t() if self.transposed else data
+
+    @property
+    def in_features(self) -> int:
+        return self.weight().shape[1]
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder blocks: the ModuleList with the most parameters (nested lists hold fewer)."""
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            size = sum(p.numel() for p in module.parameters())
+            if best is None or size > best[0]:
+                best = (size, name, module)
+    if best is None or best[0] == 0:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no list of decoder blocks (an nn.ModuleList of layers): "
+            "secateurs prunes transformer decoders such as Llama, Qwen, Mistral, GPT-2, OPT"
+        )
+    return best[1], best[2]
+
+
+def find_targets(block: nn.Module, prefix: str, ignore: list[str] | tuple[str, ...] = ()) -> list[Target]:
+    """Every prunable weight of ``block``, named ``prefix.<path>`` (experts ``...gate_up_proj.<e>``),
+    less those matching an ``ignore`` glob."""
+    targets: list[Target] = []
+    for path, module in block.named_modules():
+        name = f"{prefix}.{path}" if path else prefix
+        if isinstance(module, nn.Linear):
+            targets.append(Target(name, module, module.weight))
+        elif isinstance(module, Conv1D):
+            targets.append(Target(name, module, module.weight, transposed=True))
+        else:
+            for parameter_name, parameter in module.named_parameters(recurse=False):
+                if parameter.dim() == 3:
+                    for expert in range(parameter.shape[0]):
+                        targets.append(Target(f"{name}.{parameter_name}.{expert}", module, parameter, expert))
+    return [t for t in targets if not any(fnmatchcase(t.name, glob) for glob in ignore)]

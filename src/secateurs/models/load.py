@@ -1,0 +1,115 @@
+"""Load a Hugging Face causal LM from a local folder, a hub id, or a GGUF file (dequantized)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import DeviceError, ModelLoadError, UnsupportedModelError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ModelLoadError(f"dtype {name!r} is not supported: choose one of {', '.join(DTYPES)}") from None
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; asking for CUDA without it is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("CUDA was requested but this machine has no usable CUDA device: use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r} is not understood: use cpu, cuda, cuda:N or auto") from None
+
+
+def check_causal_lm(model: nn.Module) -> None:
+    """The pruning walk and perplexity need a causal LM (a model with an output embedding)."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is None or not hasattr(model, "config"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a causal language model: give a model that "
+            "AutoModelForCausalLM loads (for example a *ForCausalLM checkpoint)"
+        )
+
+
+def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    safetensors = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(p for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
+    return safetensors, pickles
+
+
+def load_model(
+    source: str | Path, dtype: str | torch.dtype = "float32", trust_pickle: bool = False
+) -> tuple[nn.Module, object]:
+    """Return ``(model, tokenizer)`` on the CPU, in ``dtype``.
+
+    ``source``: a folder with config.json and safetensors weights, a ``.gguf`` file, or a hub id
+    (``org/name``). Pickle-only checkpoints are refused unless ``trust_pickle``: unpickling runs code.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    torch_dtype = resolve_dtype(dtype)
+    text = str(source)
+    path = Path(text).expanduser()
+    kwargs: dict = {}
+    if text.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {text} does not exist: check the path")
+        location, kwargs["gguf_file"] = str(path.parent), path.name
+    elif path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{text} is a file, not a model folder: give the folder holding config.json, or a .gguf file"
+            )
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{text} has no config.json: give a Hugging Face model folder")
+        safetensors, pickles = _weight_files(path)
+        if not safetensors and not pickles:
+            raise ModelLoadError(f"{text} holds no weight files (*.safetensors): is the download complete?")
+        if not safetensors and not trust_pickle:
+            raise ModelLoadError(
+                f"{text} has only pickle weights ({pickles[0].name}), which can run code when read: convert "
+                "them to safetensors, or pass --trust-pickle if you trust the source"
+            )
+        location = str(path)
+        kwargs["use_safetensors"] = bool(safetensors)
+    elif _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        location = text  # a hub id; transformers downloads or uses its cache
+    else:
+        raise ModelLoadError(f"model path {text} does not exist: check the path")
+
+    try:
+        config = AutoConfig.from_pretrained(location, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+    except OSError as error:
+        raise ModelLoadError(
+            f"could not read a model config from {text}: {str(error).splitlines()[0]} "
+            "(for a hub id, check the name, the network and HF_TOKEN)"
+        ) from error
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise UnsupportedModelError(
+            f"{text} is a {type(config).__name__.removesuffix('Config')} model, not a causal language model: "
+            "give a model that AutoModelForCausalLM loads"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"could not load {text}: {str(error).splitlines()[0]}") from error
+    model.eval()
+    return model, tokenizer

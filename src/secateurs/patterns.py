@@ -1,0 +1,94 @@
+"""Sparsity patterns: which weights a score keeps.
+
+Masks are boolean tensors shaped like the weight, ``True`` where the weight is kept. Weights are always seen
+as ``[out_features, in_features]``; an N:M group is M consecutive input weights of one output row, as in
+NVIDIA's 2:4 sparse tensor cores and the Wanda/SparseGPT papers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import RecipeError
+
+
+@dataclass(frozen=True)
+class NMPattern:
+    """Keep exactly ``n`` weights in every group of ``m`` consecutive input weights."""
+
+    n: int
+    m: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def parse_pattern(text: str) -> NMPattern | None:
+    """``"unstructured"`` -> None; ``"2:4"`` -> NMPattern(2, 4). Raises RecipeError on anything else."""
+    if text == "unstructured":
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
+    if not match:
+        raise RecipeError(f"pattern {text!r} is not understood: use 'unstructured' or N:M with whole numbers, e.g. 2:4")
+    n, m = int(match[1]), int(match[2])
+    if not 0 < n < m:
+        raise RecipeError(
+            f"pattern {text!r} keeps N={n} of every M={m} weights: N must satisfy 0 < N < M, e.g. 2:4 or 4:8"
+        )
+    return NMPattern(n, m)
+
+
+def prune_count(total: int, sparsity: float) -> int:
+    """How many of ``total`` weights to remove at ``sparsity`` (rounded down, as the papers' code does)."""
+    return int(total * sparsity)
+
+
+def unstructured_mask(score: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
+    """Remove the lowest-scoring weights: ``prune_count(in, sparsity)`` in every row when ``per_row``
+    (Wanda's comparison group), else ``prune_count(numel, sparsity)`` over the whole layer (magnitude).
+
+    The count is exact, whatever the ties: a stable sort orders equal scores by position.
+    """
+    if per_row:
+        k = prune_count(score.shape[1], sparsity)
+        order = torch.sort(score, dim=1, stable=True).indices
+        mask = torch.ones_like(score, dtype=torch.bool)
+        mask.scatter_(1, order[:, :k], False)
+        return mask
+    k = prune_count(score.numel(), sparsity)
+    order = torch.sort(score.flatten(), stable=True).indices
+    mask = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+    mask[order[:k]] = False
+    return mask.view_as(score)
+
+
+def nm_mask(score: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """Keep the ``n`` highest scores in every group of ``m`` consecutive input weights of each row."""
+    rows, columns = score.shape
+    if columns % pattern.m:
+        raise RecipeError(
+            f"a layer has {columns} input features, not a multiple of M={pattern.m}: "
+            f"choose another N:M pattern or leave that layer out with --ignore"
+        )
+    groups = score.reshape(rows, columns // pattern.m, pattern.m)
+    # Sort descending, stable: among equal scores the earlier column is kept.
+    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(-1, order[..., : pattern.n], True)
+    return mask.reshape(rows, columns)
+
+
+def is_nm_sparse(weight: torch.Tensor, pattern: NMPattern) -> bool:
+    """True when every group of M consecutive input weights holds at most N non-zeros."""
+    rows, columns = weight.shape
+    if columns % pattern.m:
+        return False
+    nonzero = (weight != 0).reshape(rows, columns // pattern.m, pattern.m).sum(-1)
+    return bool((nonzero <= pattern.n).all())
