@@ -182,9 +182,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, device_map=None, local_files_only=True
-    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map=None, local_files_only=True)
     model.eval()
     load_s = time.perf_counter() - t0
 
@@ -210,9 +208,7 @@ def main(argv=None) -> int:
 
     # A DataLoader is handed to oneshot as is (llmcompressor skips its own dataset
     # processing then): batch size 1, sequential order, no truncation/padding.
-    loader = DataLoader(
-        _Windows(ids), batch_size=1, sampler=SequentialSampler(range(nsamples)), collate_fn=_collate
-    )
+    loader = DataLoader(_Windows(ids), batch_size=1, sampler=SequentialSampler(range(nsamples)), collate_fn=_collate)
 
     t0 = time.perf_counter()
     model = oneshot(
@@ -257,9 +253,7 @@ def main(argv=None) -> int:
         "torch_num_threads": torch.get_num_threads(),
         "decoder_layer_classes": layer_classes,
         "modifier": {
-            k: v
-            for k, v in modifier.model_dump().items()
-            if isinstance(v, (int, float, str, bool, list, type(None)))
+            k: v for k, v in modifier.model_dump().items() if isinstance(v, (int, float, str, bool, list, type(None)))
         },
         "dense_zero_fraction": dense_zero_frac,
         "prune_s": prune_s,

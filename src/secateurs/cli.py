@@ -9,6 +9,7 @@ import sys
 import torch
 
 from .errors import SecateursError
+from .memory import limit_heap_growth
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -120,8 +121,13 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    limit_heap_growth()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     try:
         {"prune": _prune, "eval": _evaluate}[args.command](args)
     except SecateursError as error:

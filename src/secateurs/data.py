@@ -9,6 +9,7 @@ PTB, .txt, builtin) is tokenized once and windows are taken from random offsets.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import random
 import sysconfig
@@ -51,16 +52,25 @@ def wikitext_rows_text(raw: str) -> str:
     return "\n\n".join(rows)
 
 
-def builtin_text() -> str:
-    """Documentation that ships with every Python: the help topics and the standard library's docstrings.
-    Lets the demo and tests calibrate with no network."""
-    import pydoc_data.topics
+@functools.lru_cache(maxsize=2)
+def builtin_text(split: str = "train") -> str:
+    """Documentation that ships with every Python, so the demo and tests need no network.
 
-    parts = list(pydoc_data.topics.topics.values())
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+    ``train`` (calibration): the standard library's docstrings; any other split (evaluation): the
+    interpreter's help topics (``pydoc_data``), a different text.
+    """
+    if split != "train":
+        import pydoc_data.topics
+
+        return "\n\n".join(pydoc_data.topics.topics.values())
+    parts = []
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.rglob("*.py")):
+        if {"test", "tests", "site-packages", "idlelib"} & set(path.relative_to(stdlib).parts):
+            continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError):
+        except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
             continue
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -105,7 +115,7 @@ def load_corpus(source: str | Path, split: str = "train") -> Corpus:
     """A named set (``c4``, ``wikitext2``, ``ptb``, ``builtin``) or a local ``.txt`` / ``.jsonl`` file."""
     name = str(source)
     if name == "builtin":
-        return Corpus(name, text=builtin_text())
+        return Corpus(name, text=builtin_text(split))
     if name == "c4":
         files = {
             "train": "en/c4-train.00000-of-01024.json.gz",
@@ -186,7 +196,7 @@ def calibration_windows(corpus: Corpus, tokenizer: object, nsamples: int, seqlen
     return torch.tensor(windows, dtype=torch.long)
 
 
-EVALUATION_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
+EVALUATION_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation", "builtin": "test"}
 
 
 def evaluation_ids(source: str | Path, tokenizer: object, seqlen: int) -> torch.Tensor:

@@ -106,10 +106,27 @@ def load_model(
             f"{text} is a {type(config).__name__.removesuffix('Config')} model, not a causal language model: "
             "give a model that AutoModelForCausalLM loads"
         )
+    if "gguf_file" in kwargs:
+        kwargs["quantization_config"] = _dequantizing_gguf_config()
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch_dtype, **{k: v for k, v in kwargs.items() if v is not None}
+        )
         tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"could not load {text}: {str(error).splitlines()[0]}") from error
+    quantizer = getattr(model, "hf_quantizer", None)
+    if "gguf_file" in kwargs and quantizer is not None:
+        # The weights are plain dequantized tensors now; without this the model refuses to be saved.
+        quantizer.remove_quantization_config(model)
     model.eval()
     return model, tokenizer
+
+
+def _dequantizing_gguf_config() -> object:
+    """Ask transformers to unpack GGUF blocks to dense float weights (pruning needs real weight values)."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF files
+        return None
+    return GgufConfig(dequantize=True)

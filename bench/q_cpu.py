@@ -1,0 +1,242 @@
+"""Protocol Q-CPU (../shared/PROTOCOL.md): quality and pruning cost of secateurs on SmolLM2-135M, with
+llmcompressor 0.14 (its own virtual environment) and the forward-pass floor measured in the same run.
+
+    python bench/q_cpu.py                     # everything, writes bench/results/q_cpu.json
+    python bench/q_cpu.py --only wanda-50     # some configurations (merged into the same JSON)
+
+Every configuration runs in a fresh process, so its peak RSS (ru_maxrss after pruning: model load and
+pruning, evaluation excluded) is its own. The GGUF is dequantized to a float32 safetensors folder once,
+in bench/work/, and both tools load that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SECATEURS_SHARED", ROOT.parent / "shared")).resolve()
+GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+C4 = SHARED / "data" / "c4" / "c4-train.00000-of-01024.head1000.jsonl"
+WIKITEXT = SHARED / "data" / "wikitext-2-raw-v1" / "wiki.test.raw"
+WORK = ROOT / "bench" / "work"
+MODEL = WORK / "smollm2-135m-f32"
+CALIB = WORK / "calib-c4-128x512-seed0.safetensors"
+RESULTS = ROOT / "bench" / "results" / "q_cpu.json"
+THREADS = 2
+NSAMPLES, SEQLEN, EVAL_SEQLEN, EVAL_WINDOWS = 128, 512, 2048, 32
+
+# name -> (method, pattern, true_sequential, dtype)
+SECATEURS = {
+    "dense": (None, None, False, "float32"),
+    "magnitude-50": ("magnitude", "unstructured", False, "float32"),
+    "wanda-50": ("wanda", "unstructured", False, "float32"),
+    "wanda-2:4": ("wanda", "2:4", False, "float32"),
+    "wanda-4:8": ("wanda", "4:8", False, "float32"),
+    "wanda-50-true-sequential": ("wanda", "unstructured", True, "float32"),
+    "wanda-50-true-sequential-bf16": ("wanda", "unstructured", True, "bfloat16"),
+}
+PEER = {"llmcompressor-wanda-50": ("wanda", "unstructured"), "llmcompressor-wanda-2:4": ("wanda", "2:4")}
+
+
+def _child(*args: str) -> dict:
+    """Run this script in a fresh process for one step; it prints one JSON line last."""
+    command = [sys.executable, __file__, *args]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def prepare() -> None:
+    """Dequantize the GGUF to float32 safetensors and sample the calibration windows (once)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from secateurs import calibration_windows, load_corpus, load_model
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_model(GGUF, "float32")
+    if not (MODEL / "config.json").exists():
+        model.save_pretrained(MODEL)
+        tokenizer.save_pretrained(MODEL)
+    if not CALIB.exists():
+        ids = calibration_windows(load_corpus(C4), tokenizer, NSAMPLES, SEQLEN, seed=0)
+        save_file({"input_ids": ids.to(torch.int64).contiguous()}, str(CALIB))
+
+
+def _eval(model, tokenizer) -> float:  # noqa: ANN001
+    from secateurs import evaluation_ids
+    from secateurs.evaluate import perplexity
+
+    ids = evaluation_ids(WIKITEXT, tokenizer, EVAL_SEQLEN)
+    return perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
+
+
+def run_secateurs(name: str) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    from secateurs import Recipe, load_model, prune
+    from secateurs.memory import limit_heap_growth
+    from secateurs.report import peak_rss_mib
+
+    limit_heap_growth()  # as the secateurs command does
+    torch.set_num_threads(THREADS)
+    method, pattern, true_sequential, dtype = SECATEURS[name]
+    model, tokenizer = load_model(MODEL, dtype)
+    result: dict = {"name": name, "tool": "secateurs", "dtype": dtype}
+    if method is not None:
+        calibration = load_file(str(CALIB))["input_ids"]
+        recipe = Recipe(method, pattern=pattern, true_sequential=true_sequential)
+        report = prune(model, recipe, calibration, device="cpu", progress=False)
+        result.update(
+            method=method,
+            pattern=pattern,
+            true_sequential=true_sequential,
+            prune_s=report["prune_seconds"],
+            sparsity=report["sparsity"],
+            walk=report["walk"],
+        )
+    result["peak_rss_mib"] = peak_rss_mib()
+    model.float()
+    result["ppl"] = _eval(model, tokenizer)
+    return result
+
+
+def run_eval(folder: str) -> dict:
+    import torch
+
+    from secateurs import load_model
+
+    torch.set_num_threads(THREADS)
+    model, tokenizer = load_model(folder, "float32")
+    return {"ppl": _eval(model, tokenizer)}
+
+
+def run_floor() -> dict:
+    """The cost floor: float32 forward passes of the calibration set through the blocks (no hooks)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from secateurs.engine import capture_block_inputs, run_block
+    from secateurs.models import find_blocks, load_model
+
+    torch.set_num_threads(THREADS)
+    calibration = load_file(str(CALIB))["input_ids"]
+    floor = {}
+    for dtype, batch in (
+        ("float32", 16),
+        ("float32", 4),
+        ("float32", NSAMPLES),
+        ("bfloat16", 16),
+        ("bfloat16", NSAMPLES),
+    ):
+        model, _ = load_model(MODEL, dtype)
+        _, blocks = find_blocks(model)
+        with torch.no_grad():
+            inputs = capture_block_inputs(model, blocks, calibration, batch, torch.device("cpu"))
+            start = time.perf_counter()
+            hidden = inputs.hidden
+            for index, block in enumerate(blocks):
+                hidden = [run_block(block, h, inputs.block_arguments(index, h)) for h in hidden]
+        floor[f"one_pass_{dtype}_batch{batch}_s"] = round(time.perf_counter() - start, 2)
+    return floor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", help="configuration names (see SECATEURS, PEER, 'floor')")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--arg", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        step = {
+            "prepare": lambda: prepare() or {},
+            "secateurs": lambda: run_secateurs(args.arg),
+            "eval": lambda: run_eval(args.arg),
+            "floor": run_floor,
+        }[args.step]
+        print(json.dumps(step()))
+        return
+    if not GGUF.exists():
+        sys.exit(f"{GGUF} not found: set SECATEURS_SHARED to the folder holding models/ and data/")
+
+    names = args.only or ["floor", *SECATEURS, *PEER]
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    _child("--step", "prepare")
+    for name in names:
+        print(f"[q_cpu] {name} ...", file=sys.stderr, flush=True)
+        if name == "floor":
+            results["floor"] = _child("--step", "floor")
+        elif name in SECATEURS:
+            results["runs"][name] = _child("--step", "secateurs", "--arg", name)
+        elif name in PEER:
+            results["runs"][name] = run_peer(name)
+        else:
+            sys.exit(f"unknown configuration {name}")
+        print(f"[q_cpu] {name}: {json.dumps(results['runs'].get(name, results.get('floor')))}", file=sys.stderr)
+        _write(results)
+
+
+def run_peer(name: str) -> dict:
+    method, pattern = PEER[name]
+    python = (
+        subprocess.run(["bash", str(ROOT / "bench" / "peer_env.sh")], stdout=subprocess.PIPE, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    out = WORK / name.replace(":", "-")
+    report = WORK / f"{name.replace(':', '-')}.json"
+    subprocess.run(
+        [
+            python,
+            str(ROOT / "bench" / "peer_llmcompressor.py"),
+            "--model",
+            str(MODEL),
+            "--calib-tokens",
+            str(CALIB),
+            "--method",
+            method,
+            "--sparsity",
+            "0.5",
+            "--pattern",
+            pattern,
+            "--out",
+            str(out),
+            "--json",
+            str(report),
+            "--threads",
+            str(THREADS),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    result = {"name": name, "tool": "llmcompressor", **json.loads(report.read_text())}
+    result.update(_child("--step", "eval", "--arg", str(out)))
+    return result
+
+
+def _write(results: dict) -> None:
+    from secateurs.report import machine, versions
+
+    results.update(
+        protocol="Q-CPU",
+        model=GGUF.name,
+        calibration=f"C4 slice, {NSAMPLES} x {SEQLEN}, seed 0",
+        evaluation=f"WikiText-2 test, first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}",
+        threads=THREADS,
+        versions=versions(),
+        machine=machine(),
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    temporary = RESULTS.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(temporary, RESULTS)
+
+
+if __name__ == "__main__":
+    main()
