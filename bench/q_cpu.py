@@ -41,6 +41,8 @@ SECATEURS = {
     "wanda-50-true-sequential": ("wanda", "unstructured", True, "float32"),
     "wanda-50-true-sequential-bf16": ("wanda", "unstructured", True, "bfloat16"),
 }
+ORDER = ["floor", "dense", "magnitude-50", "wanda-50", "llmcompressor-wanda-50", "wanda-2:4",
+         "llmcompressor-wanda-2:4", "wanda-4:8", "wanda-50-true-sequential", "wanda-50-true-sequential-bf16"]
 PEER = {"llmcompressor-wanda-50": ("wanda", "unstructured"), "llmcompressor-wanda-2:4": ("wanda", "2:4")}
 
 
@@ -165,19 +167,23 @@ def main() -> None:
     if not GGUF.exists():
         sys.exit(f"{GGUF} not found: set SECATEURS_SHARED to the folder holding models/ and data/")
 
-    names = args.only or ["floor", *SECATEURS, *PEER]
+    names = args.only or ORDER
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     _child("--step", "prepare")
     for name in names:
         print(f"[q_cpu] {name} ...", file=sys.stderr, flush=True)
-        if name == "floor":
-            results["floor"] = _child("--step", "floor")
-        elif name in SECATEURS:
-            results["runs"][name] = _child("--step", "secateurs", "--arg", name)
-        elif name in PEER:
-            results["runs"][name] = run_peer(name)
-        else:
-            sys.exit(f"unknown configuration {name}")
+        try:
+            if name == "floor":
+                results["floor"] = _child("--step", "floor")
+            elif name in SECATEURS:
+                results["runs"][name] = _child("--step", "secateurs", "--arg", name)
+            elif name in PEER:
+                results["runs"][name] = run_peer(name)
+            else:
+                sys.exit(f"unknown configuration {name}")
+        except subprocess.CalledProcessError as error:  # keep the other configurations' figures
+            print(f"[q_cpu] {name} failed: {error}", file=sys.stderr)
+            continue
         print(f"[q_cpu] {name}: {json.dumps(results['runs'].get(name, results.get('floor')))}", file=sys.stderr)
         _write(results)
 
