@@ -31,19 +31,61 @@ RESULTS = ROOT / "bench" / "results" / "q_cpu.json"
 THREADS = 2
 NSAMPLES, SEQLEN, EVAL_SEQLEN, EVAL_WINDOWS = 128, 512, 2048, 32
 
-# name -> (method, pattern, true_sequential, dtype)
-SECATEURS = {
-    "dense": (None, None, False, "float32"),
-    "magnitude-50": ("magnitude", "unstructured", False, "float32"),
-    "wanda-50": ("wanda", "unstructured", False, "float32"),
-    "wanda-2:4": ("wanda", "2:4", False, "float32"),
-    "wanda-4:8": ("wanda", "4:8", False, "float32"),
-    "wanda-50-true-sequential": ("wanda", "unstructured", True, "float32"),
-    "wanda-50-true-sequential-bf16": ("wanda", "unstructured", True, "bfloat16"),
+# name -> recipe options and dtype (true_sequential None: the method's default, one pass for SparseGPT)
+SECATEURS: dict[str, dict] = {
+    "dense": {"method": None},
+    "magnitude-50": {"method": "magnitude"},
+    "wanda-50": {"method": "wanda"},
+    "wanda-2:4": {"method": "wanda", "pattern": "2:4"},
+    "wanda-4:8": {"method": "wanda", "pattern": "4:8"},
+    "wanda-50-true-sequential": {"method": "wanda", "true_sequential": True},
+    "wanda-50-true-sequential-bf16": {"method": "wanda", "true_sequential": True, "dtype": "bfloat16"},
+    "sparsegpt-50": {"method": "sparsegpt"},
+    "sparsegpt-2:4": {"method": "sparsegpt", "pattern": "2:4"},
+    "sparsegpt-4:8": {"method": "sparsegpt", "pattern": "4:8"},
+    "sparsegpt-50-no-true-sequential": {"method": "sparsegpt", "true_sequential": False},
+    "sparsegpt-2:4-no-true-sequential": {"method": "sparsegpt", "pattern": "2:4", "true_sequential": False},
+    # the Wanda paper's Section 5 ablations: a score's mask with SparseGPT's OBS update
+    "magnitude-50-obs-seq": {"method": "magnitude", "update": "obs-seq"},
+    "magnitude-50-obs-iter": {"method": "magnitude", "update": "obs-iter"},
+    "wanda-50-obs-seq": {"method": "wanda", "update": "obs-seq"},
+    "wanda-50-obs-iter": {"method": "wanda", "update": "obs-iter"},
 }
-ORDER = ["floor", "dense", "magnitude-50", "wanda-50", "llmcompressor-wanda-50", "wanda-2:4",
-         "llmcompressor-wanda-2:4", "wanda-4:8", "wanda-50-true-sequential", "wanda-50-true-sequential-bf16"]
-PEER = {"llmcompressor-wanda-50": ("wanda", "unstructured"), "llmcompressor-wanda-2:4": ("wanda", "2:4")}
+PEER = {
+    "llmcompressor-wanda-50": ("wanda", "unstructured"),
+    "llmcompressor-wanda-2:4": ("wanda", "2:4"),
+    "llmcompressor-sparsegpt-50": ("sparsegpt", "unstructured"),
+    "llmcompressor-sparsegpt-2:4": ("sparsegpt", "2:4"),
+    "llmcompressor-sparsegpt-4:8": ("sparsegpt", "4:8"),
+}
+GROUPS = {
+    "core": [
+        "floor",
+        "dense",
+        "magnitude-50",
+        "wanda-50",
+        "llmcompressor-wanda-50",
+        "wanda-2:4",
+        "llmcompressor-wanda-2:4",
+        "wanda-4:8",
+        "wanda-50-true-sequential",
+        "wanda-50-true-sequential-bf16",
+    ],
+    "sparsegpt": [
+        "sparsegpt-50",
+        "llmcompressor-sparsegpt-50",
+        "sparsegpt-2:4",
+        "llmcompressor-sparsegpt-2:4",
+        "sparsegpt-4:8",
+        "llmcompressor-sparsegpt-4:8",
+        "sparsegpt-50-no-true-sequential",
+        "sparsegpt-2:4-no-true-sequential",
+        "magnitude-50-obs-seq",
+        "magnitude-50-obs-iter",
+        "wanda-50-obs-seq",
+        "wanda-50-obs-iter",
+    ],
+}
 
 
 def _child(*args: str) -> dict:
@@ -83,25 +125,27 @@ def run_secateurs(name: str) -> dict:
     from safetensors.torch import load_file
 
     from secateurs import Recipe, load_model, prune
-    from secateurs.memory import limit_heap_growth
     from secateurs.report import peak_rss_mib
 
-    limit_heap_growth()  # as the secateurs command does
     torch.set_num_threads(THREADS)
-    method, pattern, true_sequential, dtype = SECATEURS[name]
+    options = dict(SECATEURS[name])
+    dtype = options.pop("dtype", "float32")
     model, tokenizer = load_model(MODEL, dtype)
     result: dict = {"name": name, "tool": "secateurs", "dtype": dtype}
-    if method is not None:
+    if options["method"] is not None:
         calibration = load_file(str(CALIB))["input_ids"]
-        recipe = Recipe(method, pattern=pattern, true_sequential=true_sequential)
+        recipe = Recipe(**options)
         report = prune(model, recipe, calibration, device="cpu", progress=False)
+        notes = [layer["note"] for layer in report["layers"] if "note" in layer]
         result.update(
-            method=method,
-            pattern=pattern,
-            true_sequential=true_sequential,
+            method=recipe.method,
+            pattern=recipe.pattern,
+            true_sequential=recipe.sequential,
+            update=recipe.update,
             prune_s=report["prune_seconds"],
             sparsity=report["sparsity"],
             walk=report["walk"],
+            layer_notes=notes,
         )
     result["peak_rss_mib"] = peak_rss_mib()
     model.float()
@@ -151,7 +195,7 @@ def run_floor() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", help="configuration names (see SECATEURS, PEER, 'floor')")
+    parser.add_argument("--only", nargs="+", help="configuration or group names (see SECATEURS, PEER, GROUPS, 'floor')")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,7 +211,7 @@ def main() -> None:
     if not GGUF.exists():
         sys.exit(f"{GGUF} not found: set SECATEURS_SHARED to the folder holding models/ and data/")
 
-    names = args.only or ORDER
+    names = [n for name in (args.only or list(GROUPS)) for n in GROUPS.get(name, [name])]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     _child("--step", "prepare")
     for name in names:
@@ -221,7 +265,9 @@ def run_peer(name: str) -> dict:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    result = {"name": name, "tool": "llmcompressor", **json.loads(report.read_text())}
+    measured = json.loads(report.read_text())
+    measured.pop("per_module_sparsity", None)  # 210 lines of 0.5
+    result = {"name": name, "tool": "llmcompressor", **measured}
     result.update(_child("--step", "eval", "--arg", str(out)))
     return result
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from secateurs.errors import RecipeError
-from secateurs.patterns import NMPattern, is_nm_sparse, nm_mask, parse_pattern, unstructured_mask
+from secateurs.patterns import NMPattern, is_nm_sparse, lowest_mask, nm_mask, parse_pattern, unstructured_mask
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,20 @@ def test_nm_with_ties_still_exact():
 def test_nm_rejects_widths_not_divisible_by_m():
     with pytest.raises(RecipeError, match="--ignore"):
         nm_mask(torch.rand(4, 6), NMPattern(2, 4))
+
+
+@pytest.mark.parametrize("dim", [None, 1])
+def test_lowest_mask_equals_a_stable_sort_with_many_ties(dim):
+    generator = torch.Generator().manual_seed(0)
+    score = torch.randint(0, 5, (7, 40), generator=generator).float()  # ties everywhere
+    for k in (0, 1, 13, 39):
+        mask = lowest_mask(score, k, dim)
+        if dim is None:
+            order = torch.sort(score.flatten(), stable=True).indices[:k]
+            expected = torch.ones(score.numel(), dtype=torch.bool)
+            expected[order] = False
+            expected = expected.view_as(score)
+        else:
+            order = torch.sort(score, dim=1, stable=True).indices[:, :k]
+            expected = torch.ones_like(score, dtype=torch.bool).scatter_(1, order, False)
+        assert torch.equal(mask, expected), k

@@ -15,13 +15,13 @@ from .engine import walk
 from .errors import CalibrationError, NumericalError, RecipeError
 from .evaluate import perplexity
 from .export import check_output_folder, save_checkpoint
-from .methods import get_method, magnitude
+from .methods import HESSIAN, get_method
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
 from .models.load import check_causal_lm
-from .observers import InputNormObserver
-from .patterns import nm_mask, unstructured_mask
+from .observers import HessianObserver, InputNormObserver
 from .recipe import Recipe
 from .report import machine, peak_cuda_mib, peak_rss_mib, versions
+from .solve import solve_weight
 
 
 def _check_finite_weights(model: nn.Module, targets: list[Target]) -> None:
@@ -42,64 +42,69 @@ def prune(
     *,
     device: str | torch.device = "auto",
     batch_size: int | None = None,
+    hessians_on_cpu: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Prune ``model`` in place as ``recipe`` says and return the report.
 
     ``calibration``: token ids ``[nsamples, seqlen]`` (see ``secateurs.data.calibration_windows``); methods
-    that score with activations (Wanda) need it, magnitude does not. Only one block at a time is moved to
-    ``device``; the model is returned to the CPU.
+    that read activations (Wanda, SparseGPT, the OBS updates) need it, magnitude does not. Only one block
+    at a time is moved to ``device``; the model is returned to the CPU. ``hessians_on_cpu`` keeps the
+    Hessians of the block's Linears on the CPU while the calibration data flows (only the one being solved
+    goes to ``device``).
     """
     check_causal_lm(model)
     method = get_method(recipe.method)
-    pattern = recipe.nm_pattern
-    sparsity = recipe.target_sparsity
+    statistics = recipe.statistics
     device = resolve_device(device)
     targets = _all_targets(model, recipe)
     if not targets:
         raise RecipeError("no layer is left to prune: the --ignore patterns match every weight")
     _check_finite_weights(model, targets)
-    if method.needs_inputs and calibration is None:
-        raise CalibrationError(f"{method.name} scores weights with calibration activations: give calibration data")
+    if statistics is not None and calibration is None:
+        raise CalibrationError(
+            f"{method.name}{' with --update' if recipe.update else ''} reads calibration activations: "
+            "give calibration data"
+        )
     layers: list[dict[str, Any]] = []
+    observer_class = HessianObserver if statistics == HESSIAN else InputNormObserver
 
-    def solve(target: Target, observer: InputNormObserver | None) -> None:
+    def make_observer(target: Target) -> InputNormObserver | HessianObserver:
+        where = "cpu" if hessians_on_cpu and statistics == HESSIAN else target.weight().device
+        return observer_class(target.in_features, where)
+
+    def solve(target: Target, observer: InputNormObserver | HessianObserver | None) -> None:
         weight = target.weight()
-        work = weight.float()
-        score_function, inputs, per_row, note = method.score, None, method.per_row, None
-        if method.needs_inputs:
-            if observer is None or observer.tokens == 0:
-                score_function, note = magnitude.score, "no calibration token reached it: magnitude used"
-            elif not torch.isfinite(observer.sum_squares).all():
-                raise NumericalError(
-                    f"the inputs of {target.name} hold NaN or Inf on the calibration data: try --dtype float32"
-                )
-            else:
-                inputs = observer.sum_squares
-        score = score_function(work, inputs)
-        mask = nm_mask(score, pattern) if pattern is not None else unstructured_mask(score, sparsity, per_row)
-        weight.masked_fill_(~mask, 0)
+        note = None
+        if statistics is not None and (observer is None or observer.tokens == 0):
+            observer, note = None, "no calibration token reached it: magnitude used"
+        elif observer is not None:
+            observer.check_finite(target.name)
+        solution = solve_weight(weight, recipe, observer)
+        if solution.weight is not None:
+            weight.copy_(solution.weight)
+        weight.masked_fill_(~solution.mask, 0)
         zeros = int((weight == 0).sum())
-        layer = {"name": target.name, "shape": list(weight.shape), "sparsity": zeros / weight.numel()}
+        layer: dict[str, Any] = {"name": target.name, "shape": list(weight.shape), "sparsity": zeros / weight.numel()}
+        if solution.dampening is not None and solution.dampening != recipe.dampening:
+            layer["dampening"] = solution.dampening
+            note = f"Hessian not positive definite: dampening raised to {solution.dampening:g}"
+        if solution.dead_inputs:
+            layer["dead_inputs"] = solution.dead_inputs
         if note:
             layer["note"] = note
         layers.append(layer)
 
-    def make_observer(target: Target) -> InputNormObserver | None:
-        if not method.needs_inputs:
-            return None
-        return InputNormObserver(target.in_features, target.weight().device)
-
     start = time.perf_counter()
     walk_info: dict[str, Any] = {}
-    if method.needs_inputs:
+    if statistics is not None:
         info = walk(
             model,
             calibration,
             make_observer,
             solve,
             ignore=recipe.ignore,
-            true_sequential=recipe.true_sequential,
+            true_sequential=recipe.sequential,
             batch_size=batch_size,
             device=device,
             progress=progress,
@@ -166,6 +171,7 @@ def run_prune(
     device: str = "auto",
     dtype: str = "float32",
     batch_size: int | None = None,
+    hessians_on_cpu: bool = False,
     overwrite: bool = False,
     trust_pickle: bool = False,
     progress: bool = True,
@@ -175,11 +181,10 @@ def run_prune(
     out_path = check_output_folder(out, overwrite, source=model_source)
     torch_device = resolve_device(device)
     resolve_dtype(dtype)
-    method = get_method(recipe.method)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    corpus = data_module.load_corpus(calib) if method.needs_inputs else None
+    corpus = data_module.load_corpus(calib) if recipe.statistics is not None else None
     model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
     timings["load"] = time.perf_counter() - start
 
@@ -201,7 +206,15 @@ def run_prune(
         model.to("cpu")
         timings["eval_before"] = time.perf_counter() - start
 
-    report = prune(model, recipe, calibration, device=torch_device, batch_size=batch_size, progress=progress)
+    report = prune(
+        model,
+        recipe,
+        calibration,
+        device=torch_device,
+        batch_size=batch_size,
+        hessians_on_cpu=hessians_on_cpu,
+        progress=progress,
+    )
     timings["prune"] = report["prune_seconds"]
     peak_after_prune = peak_rss_mib()
 

@@ -9,7 +9,6 @@ import sys
 import torch
 
 from .errors import SecateursError
-from .memory import limit_heap_growth
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="prune a model and save it")
     prune.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
-    prune.add_argument("--method", default="wanda", help="magnitude or wanda (default: wanda)")
+    prune.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt (default: wanda)")
     prune.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer (default 0.5)")
     prune.add_argument(
         "--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4 (default: unstructured)"
@@ -47,8 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--true-sequential",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one pass per block, each Linear pruned before later ones see its output "
+        "(default: on for sparsegpt, off for the others)",
+    )
+    prune.add_argument(
+        "--update",
+        default=None,
+        choices=["obs-seq", "obs-iter"],
+        help="add SparseGPT's OBS weight update to a magnitude/wanda mask: the mask fixed first (obs-seq) "
+        "or re-chosen every --blocksize columns (obs-iter); the Wanda paper's Section 5 ablations",
+    )
+    prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (default 128)")
+    prune.add_argument(
+        "--dampening", type=float, default=0.01, help="SparseGPT lambda, a fraction of mean(diag H) (default 0.01)"
+    )
+    prune.add_argument(
+        "--hessians-on-cpu",
         action="store_true",
-        help="one pass per block, each Linear pruned before later ones see its output",
+        help="keep the block's Hessians in CPU memory; only the one being solved goes to the device",
     )
     prune.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward")
     prune.add_argument(
@@ -72,7 +89,16 @@ def _prune(args: argparse.Namespace) -> None:
     from .api import run_prune
     from .recipe import Recipe
 
-    recipe = Recipe(args.method, args.sparsity, args.pattern, args.ignore, args.true_sequential)
+    recipe = Recipe(
+        args.method,
+        args.sparsity,
+        args.pattern,
+        args.ignore,
+        args.true_sequential,
+        update=args.update,
+        blocksize=args.blocksize,
+        dampening=args.dampening,
+    )
     report = run_prune(
         args.model,
         recipe,
@@ -87,6 +113,7 @@ def _prune(args: argparse.Namespace) -> None:
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        hessians_on_cpu=args.hessians_on_cpu,
         overwrite=args.overwrite,
         trust_pickle=args.trust_pickle,
         progress=not args.quiet,
@@ -121,7 +148,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    limit_heap_growth()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quiet:

@@ -45,7 +45,7 @@ Solve = Callable[[Target, Observer | None], None]
 DEFAULT_BATCH_SIZE = 4
 
 # A captured KV cache grows by gigabytes and is never needed for calibration.
-_NO_CACHE = {"past_key_values": None, "past_key_value": None, "layer_past": None, "use_cache": False}
+_NO_CACHE = {"cache": None, "past_key_values": None, "past_key_value": None, "layer_past": None, "use_cache": False}
 
 
 class _StopForward(Exception):
@@ -222,13 +222,6 @@ def whole_batch_fits(model: nn.Module, targets: list[Target], input_ids: torch.T
     return needed < 0.6 * _available_memory(device)
 
 
-def _input_key(inputs: torch.Tensor, target: Target) -> tuple:
-    # Linears fed the same tensor (q/k/v, gate/up) form one stage; an expert parameter is one stage.
-    if target.expert is not None:
-        return ("experts", id(target.parameter))
-    return ("tensor", inputs.data_ptr(), tuple(inputs.shape))
-
-
 def walk(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -304,13 +297,44 @@ def _eager_experts(model: nn.Module) -> Callable[[], None]:
     return lambda: model.set_experts_implementation(previous)
 
 
-def _feed(observers: dict[Target, Observer | None]) -> Callable[[Target, torch.Tensor], None]:
-    def on_input(target: Target, inputs: torch.Tensor) -> None:
-        observer = observers[target]
-        if observer is not None:
-            observer.update(inputs)
+class _Statistics:
+    """Each target's observer, fed the target's inputs.
 
-    return on_input
+    A Linear fed the very tensor object that the Linear called just before it was fed (q/k/v, gate/up)
+    shares that one's observer: its statistics are computed once, not once per Linear. ``keep_last_only``
+    drops a group's observer as soon as the next group starts (the one-pass walk has solved it by then), so
+    only the statistics being solved are held.
+    """
+
+    def __init__(self, make_observer: MakeObserver, keep_last_only: bool = False) -> None:
+        self.make_observer = make_observer
+        self.keep_last_only = keep_last_only
+        self.leader: dict[Target, Target] = {}
+        self.observers: dict[Target, Observer | None] = {}
+        self.last: tuple[torch.Tensor, Target] | None = None
+
+    def feed(self, target: Target, inputs: torch.Tensor) -> None:
+        if target not in self.leader:
+            shares = self.last is not None and inputs is self.last[0] and target.expert is None
+            leader = self.leader[self.last[1]] if shares else target
+            self.leader[target] = leader
+            if leader is target:
+                if self.keep_last_only:
+                    self.observers.clear()
+                self.observers[target] = self.make_observer(target)
+        self.last = (inputs, target)
+        if self.leader[target] is target:
+            observer = self.observers[target]
+            if observer is not None:
+                observer.update(inputs)
+
+    def observer(self, target: Target) -> Observer | None:
+        """The target's statistics, or None when no input ever reached it (an expert no token was routed to)."""
+        leader = self.leader.get(target)
+        return self.observers.get(leader) if leader is not None else None
+
+    def end_pass(self) -> None:
+        self.last = None  # holds an activation otherwise
 
 
 def _pass(block: nn.Module, hidden: list[torch.Tensor], arguments: dict, keep: bool) -> None:
@@ -320,84 +344,71 @@ def _pass(block: nn.Module, hidden: list[torch.Tensor], arguments: dict, keep: b
             hidden[j] = output
 
 
+def _observe_pass(block, targets, hidden, arguments, statistics: _Statistics, seconds) -> None:  # noqa: ANN001
+    start = time.perf_counter()
+    with observing(targets, statistics.feed):
+        _pass(block, hidden, arguments, keep=False)
+    statistics.end_pass()
+    seconds["observe"] += time.perf_counter() - start
+
+
 def _two_pass(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
-    observers = {target: make_observer(target) for target in targets}
-    passes = 0
-    if any(o is not None for o in observers.values()):
-        start = time.perf_counter()
-        with observing(targets, _feed(observers)):
-            _pass(block, hidden, arguments, keep=False)
-        seconds["observe"] += time.perf_counter() - start
-        passes += 1
+    statistics = _Statistics(make_observer)
+    _observe_pass(block, targets, hidden, arguments, statistics, seconds)
     for target in targets:
-        solve(target, observers[target])
+        solve(target, statistics.observer(target))
+    del statistics
     start = time.perf_counter()
     _pass(block, hidden, arguments, keep=True)
     seconds["propagate"] += time.perf_counter() - start
-    return passes + 1
+    return 2
 
 
 def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+    statistics = _Statistics(make_observer, keep_last_only=True)
     solved: set[Target] = set()
 
     def on_input(target: Target, inputs: torch.Tensor) -> None:
         if target in solved:  # a weight used twice is pruned once, on its first use
             return
-        observer = make_observer(target)
-        if observer is not None:
-            observer.update(inputs)
-        solve(target, observer)
+        statistics.feed(target, inputs)
+        solve(target, statistics.observer(target))
         solved.add(target)
 
     start = time.perf_counter()
     solve_before = seconds["solve"]
     with observing(targets, on_input):
         _pass(block, hidden, arguments, keep=True)
+    statistics.end_pass()
     for target in targets:  # never used (an expert no token was routed to)
         if target not in solved:
-            solve(target, make_observer(target))
+            solve(target, None)
     seconds["propagate"] += time.perf_counter() - start - (seconds["solve"] - solve_before)
     return 1
 
 
 def _staged(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
-    observers = {target: make_observer(target) for target in targets}
-    stage_of: dict[Target, tuple] = {}
-    order: list[tuple] = []
-
-    alive: list[torch.Tensor] = []  # held so that no later input reuses a recorded input's memory address
-
-    def first_pass(target: Target, inputs: torch.Tensor) -> None:
-        if target not in stage_of:
-            alive.append(inputs)
-            key = _input_key(inputs, target)
-            stage_of[target] = key
-            if key not in order:
-                order.append(key)
-        feed(target, inputs)
-
-    feed = _feed(observers)
-    start = time.perf_counter()
-    with observing(targets, first_pass):
-        _pass(block, hidden, arguments, keep=False)
-    seconds["observe"] += time.perf_counter() - start
-    alive.clear()
-    stages = [[t for t in targets if stage_of.get(t) == key] for key in order]
-    unused = [t for t in targets if t not in stage_of]
+    """True-sequential in batches: the first pass gives every target's statistics and the stages (groups of
+    Linears fed the same tensor; all experts of one fused parameter), in call order; stage 0 is solved from
+    it, and every later stage gets one more pass with the earlier stages pruned."""
+    statistics = _Statistics(make_observer)
+    _observe_pass(block, targets, hidden, arguments, statistics, seconds)
+    stages: dict[object, list[Target]] = {}
+    for target, leader in statistics.leader.items():  # dicts keep the call order
+        key = ("experts", id(target.parameter)) if target.expert is not None else leader
+        stages.setdefault(key, []).append(target)
     passes = 1
-    for number, stage in enumerate(stages):
+    for number, stage in enumerate(stages.values()):
         if number > 0:  # stage 0's statistics from the first pass are already exact
-            fresh = {target: make_observer(target) for target in stage}
-            start = time.perf_counter()
-            with observing(stage, _feed(fresh)):
-                _pass(block, hidden, arguments, keep=False)
-            seconds["observe"] += time.perf_counter() - start
-            observers.update(fresh)
+            statistics = _Statistics(make_observer)
+            _observe_pass(block, stage, hidden, arguments, statistics, seconds)
             passes += 1
         for target in stage:
-            solve(target, observers[target])
-    for target in unused:
-        solve(target, make_observer(target))
+            solve(target, statistics.observer(target))
+    seen = {target for stage in stages.values() for target in stage}
+    for target in targets:
+        if target not in seen:
+            solve(target, None)
     start = time.perf_counter()
     _pass(block, hidden, arguments, keep=True)
     seconds["propagate"] += time.perf_counter() - start

@@ -1,18 +1,21 @@
-"""Streaming statistics of a Linear's inputs, gathered by hooks while calibration data flows through."""
+"""Streaming statistics of a Linear's inputs, gathered by hooks while calibration data flows through.
+
+Every observer merges with another of its kind by addition (batches, ranks), and checks its own numbers:
+NaN or Inf in the statistics is the user's model or dtype at fault, never something to prune with.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from .errors import NumericalError
 
 # Rows per step: bounds the float32 temporary when squaring a large activation.
 _CHUNK_ROWS = 8192
 
 
 class InputNormObserver:
-    """Sum over calibration tokens of x_j^2 for each input feature j (Wanda's ||X_j||_2^2), in float32.
-
-    Sums merge by addition, so shards of the calibration set (batches, ranks) can be combined.
-    """
+    """Sum over calibration tokens of x_j^2 for each input feature j (Wanda's ||X_j||_2^2), in float32."""
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
         self.sum_squares = torch.zeros(in_features, dtype=torch.float32, device=device)
@@ -28,11 +31,19 @@ class InputNormObserver:
         self.sum_squares += other.sum_squares.to(self.sum_squares.device)
         self.tokens += other.tokens
 
+    def input_sum_squares(self) -> torch.Tensor:
+        return self.sum_squares
+
+    def check_finite(self, layer: str) -> None:
+        if not torch.isfinite(self.sum_squares).all():
+            raise NumericalError(_not_finite(layer))
+
 
 class HessianObserver:
     """H = 2 X^T X / n over the calibration tokens (SparseGPT's layer Hessian), float32, as a running mean.
 
-    Merge by token-weighted averaging, so shards (batches, ranks) combine exactly.
+    ``device`` is where H is kept: the products are computed where the inputs are (the GPU) and added to
+    H there, so keeping H on the CPU (``--hessians-on-cpu``) costs a copy per batch, not the product.
     """
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
@@ -42,9 +53,13 @@ class HessianObserver:
     def update(self, inputs: torch.Tensor) -> None:
         rows = inputs.reshape(-1, inputs.shape[-1])
         for chunk in rows.split(_CHUNK_ROWS):
-            chunk = chunk.to(self.hessian.device, torch.float32)
             total = self.tokens + chunk.shape[0]
-            self.hessian.mul_(self.tokens / total).addmm_(chunk.t(), chunk, alpha=2.0 / total)
+            chunk = chunk.float()
+            if chunk.device == self.hessian.device:
+                self.hessian.addmm_(chunk.t(), chunk, beta=self.tokens / total, alpha=2.0 / total)
+            else:
+                product = (chunk.t() @ chunk).to(self.hessian.device)
+                self.hessian.mul_(self.tokens / total).add_(product, alpha=2.0 / total)
             self.tokens = total
 
     def merge(self, other: HessianObserver) -> None:
@@ -54,3 +69,18 @@ class HessianObserver:
                 other.hessian.to(self.hessian.device), alpha=other.tokens / total
             )
         self.tokens = total
+
+    def input_sum_squares(self) -> torch.Tensor:
+        """sum over tokens of x_j^2, read off the diagonal (H_jj = 2 sum x_j^2 / n): Wanda's statistic."""
+        return torch.diagonal(self.hessian) * (self.tokens / 2.0)
+
+    def check_finite(self, layer: str) -> None:
+        if not torch.isfinite(self.hessian).all():
+            raise NumericalError(_not_finite(layer))
+
+
+def _not_finite(layer: str) -> str:
+    return (
+        f"the inputs of {layer} hold NaN or Inf on the calibration data (overflow in a 16-bit dtype, or damaged "
+        "weights): run with --dtype float32, or check the model"
+    )

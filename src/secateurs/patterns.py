@@ -50,33 +50,45 @@ def prune_count(total: int, sparsity: float) -> int:
     return int(total * sparsity)
 
 
+def lowest_mask(score: torch.Tensor, k: int, dim: int | None = None) -> torch.Tensor:
+    """Keep-mask (True = kept) without the ``k`` lowest scores of every slice along ``dim`` (of the whole
+    tensor when None). Exactly ``k`` go whatever the ties: equal scores go in position order, as a stable
+    sort would take them; a k-th-value threshold costs a fraction of the sort."""
+    if dim is None:
+        return lowest_mask(score.reshape(1, -1), k, dim=1).view_as(score)
+    if k <= 0:
+        return torch.ones_like(score, dtype=torch.bool)
+    threshold = torch.kthvalue(score, k, dim=dim, keepdim=True).values
+    below = score < threshold
+    ties_needed = k - below.sum(dim, keepdim=True)
+    at = score == threshold
+    first_ties = at & (at.cumsum(dim) <= ties_needed)
+    return ~(below | first_ties)
+
+
 def unstructured_mask(score: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
     """Remove the lowest-scoring weights: ``prune_count(in, sparsity)`` in every row when ``per_row``
     (Wanda's comparison group), else ``prune_count(numel, sparsity)`` over the whole layer (magnitude).
 
-    The count is exact, whatever the ties: a stable sort orders equal scores by position.
+    The count is exact, whatever the ties (equal scores go in position order).
     """
     if per_row:
-        k = prune_count(score.shape[1], sparsity)
-        order = torch.sort(score, dim=1, stable=True).indices
-        mask = torch.ones_like(score, dtype=torch.bool)
-        mask.scatter_(1, order[:, :k], False)
-        return mask
-    k = prune_count(score.numel(), sparsity)
-    order = torch.sort(score.flatten(), stable=True).indices
-    mask = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
-    mask[order[:k]] = False
-    return mask.view_as(score)
+        return lowest_mask(score, prune_count(score.shape[1], sparsity), dim=1)
+    return lowest_mask(score, prune_count(score.numel(), sparsity))
 
 
-def nm_mask(score: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
-    """Keep the ``n`` highest scores in every group of ``m`` consecutive input weights of each row."""
-    rows, columns = score.shape
+def check_nm_columns(columns: int, pattern: NMPattern) -> None:
     if columns % pattern.m:
         raise RecipeError(
             f"a layer has {columns} input features, not a multiple of M={pattern.m}: "
             f"choose another N:M pattern or leave that layer out with --ignore"
         )
+
+
+def nm_mask(score: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """Keep the ``n`` highest scores in every group of ``m`` consecutive input weights of each row."""
+    rows, columns = score.shape
+    check_nm_columns(columns, pattern)
     groups = score.reshape(rows, columns // pattern.m, pattern.m)
     # Sort descending, stable: among equal scores the earlier column is kept.
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices

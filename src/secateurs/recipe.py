@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import RecipeError
-from .methods import get_method
+from .methods import HESSIAN, UPDATES, get_method
 from .patterns import NMPattern, parse_pattern
 
 DEFAULT_SPARSITY = 0.5
@@ -20,17 +20,23 @@ class Recipe:
     ``sparsity`` is the fraction of weights removed from each pruned layer. An N:M ``pattern`` implies it
     (2:4 is 0.5); leave it None or give the same value. ``ignore`` holds glob patterns on layer names
     (``model.layers.0.mlp.down_proj``, ``*.o_proj``) left dense. ``true_sequential`` walks each block in
-    one pass with every Linear pruned before the next one sees its input.
+    one pass with every Linear pruned before the next one sees its input (None: the method's default, on
+    for SparseGPT). ``update`` adds SparseGPT's OBS weight update to a score's mask (``obs-seq``: the mask
+    fixed first; ``obs-iter``: re-chosen every ``blocksize`` columns). ``blocksize`` and ``dampening``
+    (lambda, a fraction of mean(diag H)) are SparseGPT's.
     """
 
     method: str = "wanda"
     sparsity: float | None = None
     pattern: str = "unstructured"
     ignore: list[str] = field(default_factory=list)
-    true_sequential: bool = False
+    true_sequential: bool | None = None
+    update: str | None = None
+    blocksize: int = 128
+    dampening: float = 0.01
 
     def __post_init__(self) -> None:
-        get_method(self.method)
+        method = get_method(self.method)
         nm = parse_pattern(self.pattern)
         if self.sparsity is not None:
             if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
@@ -43,6 +49,22 @@ class Recipe:
             raise RecipeError(
                 f"pattern {nm} removes {nm.sparsity:g} of the weights but sparsity {self.sparsity:g} was "
                 "given: drop --sparsity (the pattern implies it) or choose a matching pattern"
+            )
+        if self.update is not None:
+            if self.update not in UPDATES:
+                raise RecipeError(f"update {self.update!r} is not known: choose one of {', '.join(UPDATES)}")
+            if method.score is None:
+                raise RecipeError(
+                    f"--update applies to a score method's mask (magnitude, wanda); {self.method} already "
+                    "updates its weights: drop --update"
+                )
+        if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
+            raise RecipeError(f"blocksize {self.blocksize!r} must be a positive whole number of columns, e.g. 128")
+        if not (isinstance(self.dampening, (int, float)) and math.isfinite(self.dampening) and self.dampening > 0):
+            raise RecipeError(f"dampening {self.dampening!r} must be a positive fraction of mean(diag H), e.g. 0.01")
+        if nm is not None and self.blocksize % nm.m:
+            raise RecipeError(
+                f"blocksize {self.blocksize} splits the groups of pattern {nm}: give a multiple of M={nm.m}, e.g. 128"
             )
         self.ignore = list(self.ignore)
 
@@ -57,5 +79,15 @@ class Recipe:
             return nm.sparsity
         return DEFAULT_SPARSITY if self.sparsity is None else float(self.sparsity)
 
+    @property
+    def sequential(self) -> bool:
+        """Whether the walk is true-sequential: as asked, else the method's default."""
+        return get_method(self.method).sequential if self.true_sequential is None else bool(self.true_sequential)
+
+    @property
+    def statistics(self) -> str | None:
+        """What the walk must gather of each layer's inputs: the method's, or the Hessian for an OBS update."""
+        return HESSIAN if self.update is not None else get_method(self.method).statistics
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "sparsity": self.target_sparsity}
+        return {**asdict(self), "sparsity": self.target_sparsity, "true_sequential": self.sequential}

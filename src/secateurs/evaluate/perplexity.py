@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -18,14 +19,15 @@ def window_nll(model: nn.Module, windows: torch.Tensor, chunk: int) -> torch.Ten
     are ``batch x chunk x vocab`` rather than the whole window's: the same result, a fraction of the memory.
     """
     batch, seqlen = windows.shape
+    cache_argument = _cache_argument(model)
     total = torch.zeros(batch, dtype=torch.float64)
     cache = None
     previous_logit = None
     for start in range(0, seqlen, chunk):
         piece = windows[:, start : start + chunk]
         use_cache = start + chunk < seqlen
-        output = model(input_ids=piece, past_key_values=cache, use_cache=use_cache)
-        cache = output.past_key_values if use_cache else None
+        output = model(input_ids=piece, use_cache=use_cache, **{cache_argument: cache})
+        cache = output[cache_argument] if use_cache else None
         logits = output.logits.float()
         if previous_logit is not None:  # the last logit of the previous piece predicts this piece's first token
             logits = torch.cat([previous_logit, logits], dim=1)
@@ -38,6 +40,11 @@ def window_nll(model: nn.Module, windows: torch.Tensor, chunk: int) -> torch.Ten
         previous_logit = logits[:, -1:]
         del output, logits, predicted
     return total / (seqlen - 1)
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def perplexity(

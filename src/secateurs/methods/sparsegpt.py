@@ -4,37 +4,56 @@ Columns are visited left to right in blocks of ``blocksize``. Within a block the
 from w^2 / [H^-1]_jj^2 (OBS saliency), over the whole block for unstructured sparsity or per M columns for
 N:M; each pruned column's error is spread over the columns not yet visited through the Cholesky factor of
 H^-1 (the OBS update), lazily: inside the block first, then once for all later columns.
+
+The same sweep serves the Wanda paper's weight-update ablations (its Section 5): a fixed ``mask`` (chosen
+once, "sequential"), or another ``saliency`` re-evaluated on the updated weights every block ("iterative").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..patterns import NMPattern
+from ..patterns import NMPattern, lowest_mask
+
+# saliency(current weights of some columns [out, k], their [H^-1]_jj [k], their columns in the layer) -> importance,
+# higher is kept.
+Saliency = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+
+
+def obs_saliency(weights: torch.Tensor, hinv_diagonal: torch.Tensor, columns: slice) -> torch.Tensor:
+    """The OBS error of removing each weight, w^2 / [H^-1]_jj^2 (SparseGPT's mask selection)."""
+    return weights**2 / hinv_diagonal.unsqueeze(0) ** 2
 
 
 @dataclass
 class SparseGPTResult:
     weight: torch.Tensor  # pruned and updated, float32, [out, in]
+    mask: torch.Tensor  # True where a weight is kept, [out, in]
     dampening: float  # the fraction of mean(diag H) finally added (grown when H was not positive definite)
     dead_inputs: int  # input features that never fired (zero Hessian diagonal): their weights are zeroed
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int = 6) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor of (H + lambda mean(diag H) I)^-1; lambda grows tenfold until H is positive
-    definite (never NaN)."""
+    definite (never NaN).
+
+    For a positive semi-definite H every Cholesky pivot of H + d I is at least sqrt(d); a smaller pivot means
+    H itself is indefinite (or so ill-conditioned that the update would be noise), so d is grown.
+    """
     mean_diagonal = torch.mean(torch.diag(hessian)).clamp_min(1e-8)
     identity = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for attempt in range(retries + 1):
-        damped = hessian + (dampening * 10**attempt) * mean_diagonal * identity
-        factor, info = torch.linalg.cholesky_ex(damped)
-        if int(info) == 0:
+        fraction = dampening * 10**attempt
+        added = fraction * mean_diagonal
+        factor, info = torch.linalg.cholesky_ex(hessian + added * identity)
+        if int(info) == 0 and torch.diag(factor).min() ** 2 >= 0.5 * added:
             inverse = torch.cholesky_inverse(factor)
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if int(info) == 0 and torch.isfinite(upper).all():
-                return upper, dampening * 10**attempt
+                return upper, fraction
     raise torch.linalg.LinAlgError("the Hessian is not positive definite even with strong dampening")
 
 
@@ -53,21 +72,26 @@ def sparsegpt_prune(
     blocksize: int = 128,
     dampening: float = 0.01,
     mask: torch.Tensor | None = None,
+    saliency: Saliency = obs_saliency,
 ) -> SparseGPTResult:
     """Prune ``weight`` [out, in] given the layer Hessian ``H = 2 X^T X / n`` [in, in].
 
-    ``mask`` (True = keep), when given, fixes which weights go (e.g. Wanda's mask) and only the OBS update
-    is applied (the Wanda paper's Section 5 ablation); otherwise SparseGPT chooses it adaptively.
+    ``mask`` (True = keep), when given, fixes which weights go and only the OBS update is applied;
+    otherwise the mask is chosen by ``saliency`` on the current (already updated) weights, per column block
+    (unstructured: exactly ``int(out * in * sparsity)`` weights in all) or per M columns (N:M).
     """
     W = weight.detach().clone().float()
     H = hessian.detach().clone().float()
     rows, columns = W.shape
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    H[dead, dead] = 1  # as the reference: an input that never fires has no curvature; its weights go
     W[:, dead] = 0
     Hinv, used = inverse_hessian_factor(H, dampening)
+    del H
     counts = _block_prune_counts(rows, columns, blocksize, sparsity)
+    kept = torch.ones_like(W, dtype=torch.bool)
 
+    step = _sub_block(pattern)
     for number, start in enumerate(range(0, columns, blocksize)):
         end = min(start + blocksize, columns)
         W1 = W[:, start:end].clone()
@@ -77,24 +101,40 @@ def sparsegpt_prune(
         if mask is not None:
             keep = mask[:, start:end].clone()
         elif pattern is None:
-            saliency = W1**2 / diagonal.unsqueeze(0) ** 2
-            order = torch.sort(saliency.flatten(), stable=True).indices
-            keep = torch.ones(saliency.numel(), dtype=torch.bool, device=W.device)
-            keep[order[: counts[number]]] = False
-            keep = keep.view_as(W1)
+            keep = lowest_mask(saliency(W1, diagonal, slice(start, end)), counts[number])
         else:
             keep = torch.ones_like(W1, dtype=torch.bool)
-        for i in range(end - start):
-            if mask is None and pattern is not None and i % pattern.m == 0:
-                group = W1[:, i : i + pattern.m] ** 2 / diagonal[i : i + pattern.m].unsqueeze(0) ** 2
-                dropped = torch.sort(group, dim=1, stable=True).indices[:, : pattern.m - pattern.n]
-                keep[:, i : i + pattern.m].scatter_(1, dropped, False)
-            column = W1[:, i]
-            quantized = torch.where(keep[:, i], column, torch.zeros_like(column))
-            error = (column - quantized) / diagonal[i]
-            W1[:, i:] -= error.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            W1[:, i] = quantized
-            errors[:, i] = error
+        # The same lazy batching once more inside the block: columns are swept one by one within sub-blocks
+        # of ``step``, each sub-block's errors reaching the rest of the block in one product.
+        for a in range(0, end - start, step):
+            b = min(a + step, end - start)
+            if mask is None and pattern is not None:
+                for g in range(a, b, pattern.m):
+                    group = saliency(
+                        W1[:, g : g + pattern.m], diagonal[g : g + pattern.m], slice(start + g, start + g + pattern.m)
+                    )
+                    dropped = torch.sort(group, dim=1, stable=True).indices[:, : pattern.m - pattern.n]
+                    keep[:, g : g + pattern.m].scatter_(1, dropped, False)
+            # Column-major copies: each step below reads and updates contiguous rows.
+            sub = W1[:, a:b].t().contiguous()
+            removed = (~keep[:, a:b]).t().contiguous()
+            sub_errors = torch.empty_like(sub)
+            for i in range(b - a):
+                # OBS: removing w costs w / [H^-1]_ii along row i of the factor; the column itself ends at 0.
+                error = sub[i] * removed[i] / diagonal[a + i]
+                sub[i:].addr_(Hinv1[a + i, a:b][i:], error, alpha=-1)
+                sub_errors[i] = error
+            W1[:, a:b] = sub.t()
+            errors[:, a:b] = sub_errors.t()
+            W1[:, b:] -= errors[:, a:b] @ Hinv1[a:b, b:]
+        W1.mul_(keep)  # pruned entries are exactly zero (the update leaves rounding residue there)
         W[:, start:end] = W1
+        kept[:, start:end] = keep
         W[:, end:] -= errors @ Hinv[start:end, end:]
-    return SparseGPTResult(W, used, int(dead.sum()))
+    return SparseGPTResult(W, kept, used, int(dead.sum()))
+
+
+def _sub_block(pattern: NMPattern | None, columns: int = 16) -> int:
+    """Columns swept one by one between two batched updates: about ``columns``, whole N:M groups."""
+    m = 1 if pattern is None else pattern.m
+    return m * max(1, -(-columns // m))
