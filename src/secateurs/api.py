@@ -19,9 +19,10 @@ from .methods import HESSIAN, get_method
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
 from .models.load import check_causal_lm
 from .observers import HessianObserver, InputNormObserver
-from .recipe import Recipe
+from .recipe import Recipe, StructuredRecipe
 from .report import machine, peak_cuda_mib, peak_rss_mib, versions
 from .solve import solve_weight
+from .structured import prune_structured
 
 
 def _check_finite_weights(model: nn.Module, targets: list[Target]) -> None:
@@ -37,7 +38,7 @@ def _all_targets(model: nn.Module, recipe: Recipe) -> list[Target]:
 
 def prune(
     model: nn.Module,
-    recipe: Recipe,
+    recipe: Recipe | StructuredRecipe,
     calibration: torch.Tensor | None = None,
     *,
     device: str | torch.device = "auto",
@@ -54,6 +55,8 @@ def prune(
     goes to ``device``).
     """
     check_causal_lm(model)
+    if isinstance(recipe, StructuredRecipe):
+        return _prune_structured(model, recipe, calibration, resolve_device(device), batch_size, progress)
     method = get_method(recipe.method)
     statistics = recipe.statistics
     device = resolve_device(device)
@@ -137,6 +140,27 @@ def prune(
     }
 
 
+def _prune_structured(
+    model: nn.Module,
+    recipe: StructuredRecipe,
+    calibration: torch.Tensor | None,
+    device: torch.device,
+    batch_size: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    if calibration is None:
+        raise CalibrationError(f"{recipe.method} pruning scores with calibration activations: give calibration data")
+    report = prune_structured(model, recipe, calibration, device=device, batch_size=batch_size, progress=progress)
+    return {
+        "recipe": recipe.to_dict(),
+        "device": str(device),
+        "calibration": list(calibration.shape),
+        **report,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_cuda_mib": peak_cuda_mib(),
+    }
+
+
 def evaluate(
     model: nn.Module,
     tokenizer: Any,
@@ -158,7 +182,7 @@ def evaluate(
 
 def run_prune(
     model_source: str,
-    recipe: Recipe,
+    recipe: Recipe | StructuredRecipe,
     out: str | Path,
     *,
     calib: str = "c4",
@@ -246,6 +270,7 @@ def run_prune(
     timings["save"] = time.perf_counter() - start
     report["seconds"] = {k: round(v, 3) for k, v in timings.items()}
     report["peak_rss_mib"] = peak_rss_mib()
+    report["weight_file_bytes"] = sum(path.stat().st_size for path in out_path.glob("*.safetensors"))
     # the saved report gets the save time too
     (out_path / "secateurs.json").write_text(__import__("json").dumps(report, indent=2) + "\n")
     return report

@@ -25,7 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="prune a model and save it")
     prune.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
-    prune.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt (default: wanda)")
+    prune.add_argument(
+        "--method",
+        default="wanda",
+        help="magnitude, wanda or sparsegpt (sparse weights), or width or depth (a smaller dense model); "
+        "default: wanda",
+    )
     prune.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer (default 0.5)")
     prune.add_argument(
         "--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4 (default: unstructured)"
@@ -68,6 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the block's Hessians in CPU memory; only the one being solved goes to the device",
     )
     prune.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward")
+    structured = prune.add_argument_group("structured pruning (--method width or depth)")
+    structured.add_argument("--target", default="mlp", choices=["mlp", "heads"], help="width: what to remove")
+    structured.add_argument("--ratio", type=float, default=None, help="fraction of channels, heads or layers removed")
+    structured.add_argument("--remove", type=int, default=None, help="depth: number of decoder layers removed")
+    structured.add_argument(
+        "--multiple", type=int, default=64, help="width mlp: kept channels rounded to a multiple of this (default 64)"
+    )
+    structured.add_argument(
+        "--no-reconstruct",
+        dest="reconstruct",
+        action="store_false",
+        help="width: plain removal, no least-squares re-fit of the next projection",
+    )
+    structured.add_argument(
+        "--score",
+        default=None,
+        help="width: fluctuation (FLAP, default) or wanda; depth: perplexity (default) or block-influence",
+    )
+    structured.add_argument(
+        "--head-grouping",
+        default="queries",
+        choices=["queries", "kv-groups"],
+        help="width heads: the same number of query heads removed in every KV group, or whole KV groups",
+    )
+    structured.add_argument("--allocation", default="uniform", help="width: uniform (the same size in every layer)")
     prune.add_argument(
         "--eval", default=None, metavar="DATASET", help="perplexity before/after: wikitext2, c4, ptb or a file"
     )
@@ -85,11 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prune(args: argparse.Namespace) -> None:
-    from .api import run_prune
-    from .recipe import Recipe
+def _recipe(args: argparse.Namespace) -> object:
+    from .recipe import STRUCTURED_METHODS, Recipe, StructuredRecipe
 
-    recipe = Recipe(
+    if args.method in STRUCTURED_METHODS:
+        return StructuredRecipe(
+            args.method,
+            target=args.target,
+            ratio=args.ratio,
+            remove=args.remove,
+            multiple=args.multiple,
+            reconstruct=args.reconstruct,
+            score=args.score,
+            head_grouping=args.head_grouping,
+            allocation=args.allocation,
+            dampening=args.dampening,
+        )
+    return Recipe(
         args.method,
         args.sparsity,
         args.pattern,
@@ -99,9 +141,14 @@ def _prune(args: argparse.Namespace) -> None:
         blocksize=args.blocksize,
         dampening=args.dampening,
     )
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from .api import run_prune
+
     report = run_prune(
         args.model,
-        recipe,
+        _recipe(args),
         args.out,
         calib=args.calib,
         nsamples=args.nsamples,
@@ -118,11 +165,17 @@ def _prune(args: argparse.Namespace) -> None:
         trust_pickle=args.trust_pickle,
         progress=not args.quiet,
     )
-    summary = {
-        key: report.get(key)
-        for key in ("sparsity", "prune_seconds", "perplexity_before", "perplexity_after", "peak_rss_mib")
-    }
-    print(json.dumps({"out": str(args.out), **{k: v for k, v in summary.items() if v is not None}}))
+    keys = (
+        "sparsity",
+        "parameters_removed",
+        "removed_layers",
+        "prune_seconds",
+        "perplexity_before",
+        "perplexity_after",
+        "peak_rss_mib",
+    )
+    summary = {key: report[key] for key in keys if report.get(key) is not None}
+    print(json.dumps({"out": str(args.out), **summary}))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -84,3 +84,29 @@ def _not_finite(layer: str) -> str:
         f"the inputs of {layer} hold NaN or Inf on the calibration data (overflow in a 16-bit dtype, or damaged "
         "weights): run with --dtype float32, or check the model"
     )
+
+
+class MomentObserver(HessianObserver):
+    """The first and second moments of a layer's inputs, E[x] and E[x x^T] (float32): what structured
+    pruning scores channels with (FLAP's fluctuation needs the variance) and refits the next layer from."""
+
+    def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(in_features, device)
+        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
+
+    def update(self, inputs: torch.Tensor) -> None:
+        super().update(inputs)
+        rows = inputs.reshape(-1, inputs.shape[-1])
+        self.sum += rows.float().sum(0).to(self.sum.device)
+
+    def merge(self, other: HessianObserver) -> None:
+        super().merge(other)
+        self.sum += other.sum.to(self.sum.device)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.tokens, 1)
+
+    @property
+    def second_moment(self) -> torch.Tensor:
+        return self.hessian / 2

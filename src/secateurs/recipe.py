@@ -91,3 +91,87 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sparsity": self.target_sparsity, "true_sequential": self.sequential}
+
+
+STRUCTURED_METHODS = ("width", "depth")
+WIDTH_TARGETS = ("mlp", "heads")
+WIDTH_SCORES = ("fluctuation", "wanda")
+DEPTH_SCORES = ("perplexity", "block-influence")
+HEAD_GROUPINGS = ("queries", "kv-groups")
+
+
+@dataclass
+class StructuredRecipe:
+    """Structured pruning: a smaller dense model.
+
+    ``width``: remove ``ratio`` of every MLP's intermediate channels (``target="mlp"``, kept counts rounded to
+    ``multiple``) or of every attention's query heads (``target="heads"``; ``head_grouping`` ``queries`` keeps
+    the same number of query heads in every KV group, ``kv-groups`` removes whole groups), scored by ``score``
+    and, with ``reconstruct``, the next projection re-fitted by least squares. ``depth``: remove ``remove``
+    decoder blocks (or ``ratio`` of them), chosen by ``score``.
+    """
+
+    method: str = "width"
+    target: str = "mlp"
+    ratio: float | None = None
+    remove: int | None = None
+    multiple: int = 64
+    reconstruct: bool = True
+    score: str | None = None
+    head_grouping: str = "queries"
+    allocation: str = "uniform"
+    dampening: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.method not in STRUCTURED_METHODS:
+            raise RecipeError(f"structured method {self.method!r} is not known: choose width or depth")
+        if self.ratio is not None:
+            if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
+                raise RecipeError(f"ratio {self.ratio!r} is not a number: give a fraction such as 0.25")
+            if not (math.isfinite(self.ratio) and 0 <= self.ratio < 1):
+                raise RecipeError(f"ratio {self.ratio} is outside [0, 1): give the fraction to remove, e.g. 0.25")
+        if self.method == "width":
+            if self.target not in WIDTH_TARGETS:
+                raise RecipeError(f"target {self.target!r} is not known: choose mlp or heads")
+            if self.ratio is None:
+                raise RecipeError("width pruning needs --ratio, the fraction of channels or heads to remove")
+            if self.remove is not None:
+                raise RecipeError("--remove counts decoder layers: it goes with --method depth")
+            self.score = self.score or "fluctuation"
+            if self.score not in WIDTH_SCORES:
+                raise RecipeError(f"score {self.score!r} is not a width score: choose {', '.join(WIDTH_SCORES)}")
+            if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
+                raise RecipeError(f"multiple {self.multiple!r} must be a positive whole number, e.g. 64")
+            if self.head_grouping not in HEAD_GROUPINGS:
+                raise RecipeError(f"head grouping {self.head_grouping!r}: choose {', '.join(HEAD_GROUPINGS)}")
+            if self.allocation != "uniform":
+                raise RecipeError(
+                    f"allocation {self.allocation!r} would give layers different sizes, which the configs of "
+                    "Llama, Mistral, Qwen, Gemma, Phi3, OPT, GPT-2 and GPT-NeoX cannot express (one intermediate "
+                    "size and head count for all layers): use --allocation uniform"
+                )
+        else:
+            if (self.remove is None) == (self.ratio is None):
+                raise RecipeError("depth pruning needs exactly one of --remove K (layers) or --ratio")
+            if self.remove is not None and (
+                isinstance(self.remove, bool) or not isinstance(self.remove, int) or self.remove < 0
+            ):
+                raise RecipeError(f"--remove {self.remove!r} must be a whole number of layers, e.g. 3")
+            self.score = self.score or "perplexity"
+            if self.score not in DEPTH_SCORES:
+                raise RecipeError(f"score {self.score!r} is not a depth score: choose {', '.join(DEPTH_SCORES)}")
+        if not (isinstance(self.dampening, (int, float)) and math.isfinite(self.dampening) and self.dampening > 0):
+            raise RecipeError(f"dampening {self.dampening!r} must be a positive fraction, e.g. 0.01")
+
+    def layers_to_remove(self, total: int) -> int:
+        removed = self.remove if self.remove is not None else round(total * float(self.ratio))
+        if removed >= total:
+            raise RecipeError(f"removing {removed} of {total} layers leaves none: keep at least one")
+        return removed
+
+    @property
+    def statistics(self) -> str:
+        return "moments"  # every structured score reads calibration activations
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
