@@ -1,9 +1,10 @@
-"""Python entry points: ``prune`` (an in-memory model), ``evaluate`` and ``run_prune`` (the whole job the
-CLI runs: load, calibrate, prune, evaluate, save)."""
+"""Python entry points: ``prune`` (an in-memory model), ``evaluate``, ``run_prune`` (the whole job the
+CLI runs: load, calibrate, prune, evaluate, save) and ``run_evaluation`` (perplexity and zero-shot tasks)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from . import data as data_module
 from .engine import walk
 from .errors import CalibrationError, NumericalError, RecipeError
 from .evaluate import perplexity
+from .evaluate.zero_shot import check_options, load_tasks, zero_shot
 from .export import check_output_folder, save_checkpoint
 from .methods import HESSIAN, get_method
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
@@ -21,6 +23,7 @@ from .models.load import check_causal_lm
 from .observers import HessianObserver, InputNormObserver
 from .recipe import Recipe, StructuredRecipe
 from .report import machine, peak_cuda_mib, peak_rss_mib, versions
+from .report_md import write_markdown_report
 from .solve import solve_weight
 from .structured import prune_structured
 
@@ -273,4 +276,48 @@ def run_prune(
     report["weight_file_bytes"] = sum(path.stat().st_size for path in out_path.glob("*.safetensors"))
     # the saved report gets the save time too
     (out_path / "secateurs.json").write_text(__import__("json").dumps(report, indent=2) + "\n")
+    write_markdown_report(report, out_path)
     return report
+
+
+def run_evaluation(
+    model_source: str,
+    *,
+    ppl: Sequence[str] = ("wikitext2",),
+    tasks: Sequence[str] = (),
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    limit: float | None = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_pickle: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load ``model_source`` and measure its perplexity on each ``ppl`` set (wikitext2, c4, ptb or a file)
+    and its zero-shot accuracy on each of ``tasks`` (lm-eval names or task YAML paths) through lm-eval.
+
+    Every task and data set is read before the first measurement, so a missing one fails in seconds.
+    Returns ``{"model", "dtype", "perplexities": {set: value}, "evaluation", "tasks": {task: {"acc", ...}},
+    "zero_shot", "versions"}`` (the keys of what was asked).
+    """
+    torch_device = resolve_device(device)
+    check_options(limit, batch_size)
+    loaded_tasks = load_tasks(tasks) if tasks else None
+    model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
+    ids = {name: data_module.evaluation_ids(name, tokenizer, seqlen) for name in ppl}
+    result: dict[str, Any] = {"model": str(model_source), "dtype": dtype}
+    if ids:
+        model.to(torch_device)
+        result["perplexities"] = {
+            name: perplexity(model, set_ids, seqlen, max_windows, batch_size, torch_device, progress=progress)
+            for name, set_ids in ids.items()
+        }
+        result["evaluation"] = {"seqlen": seqlen, "windows": max_windows}
+    if loaded_tasks is not None:
+        result["tasks"] = zero_shot(
+            model, tokenizer, loaded_tasks, limit=limit, batch_size=batch_size, device=torch_device, progress=progress
+        )
+        result["zero_shot"] = {"limit": limit, "batch_size": batch_size}
+    result["versions"] = versions()
+    return result

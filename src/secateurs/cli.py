@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
-from .errors import SecateursError
+from .errors import OutputError, SecateursError
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -105,14 +106,75 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only")
     _add_common(prune)
 
-    evaluate = commands.add_parser("eval", help="measure a model's perplexity")
+    evaluate = commands.add_parser("eval", help="measure a model's perplexity and zero-shot accuracy")
     evaluate.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
-    evaluate.add_argument("--ppl", default="wikitext2", help="wikitext2, c4, ptb or a text file")
-    evaluate.add_argument("--seqlen", type=int, default=2048)
-    evaluate.add_argument("--max-windows", type=int, default=None)
-    evaluate.add_argument("--batch-size", type=int, default=1)
+    evaluate.add_argument(
+        "--ppl",
+        type=_comma_list,
+        default=None,
+        help="comma list of wikitext2, c4, ptb or text files (default: wikitext2 when no --tasks)",
+    )
+    evaluate.add_argument(
+        "--tasks",
+        type=_comma_list,
+        default=[],
+        help="comma list of lm-eval task names (boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,"
+        "openbookqa) or task YAML files; needs pip install 'secateurs[eval]'",
+    )
+    evaluate.add_argument("--limit", type=_limit, default=None, help="first N documents per task (testing only)")
+    evaluate.add_argument("--seqlen", type=int, default=2048, help="perplexity window (default 2048)")
+    evaluate.add_argument("--max-windows", type=int, default=None, help="perplexity on the first N windows only")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="windows or task requests per forward")
+    evaluate.add_argument("--out", default=None, metavar="FILE.json", help="also write the results to this file")
     _add_common(evaluate)
+
+    sweep = commands.add_parser("sweep", help="prune at a grid of methods, patterns and sparsities; plot quality")
+    sweep.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
+    sweep.add_argument("--methods", type=_comma_list, default=["magnitude", "wanda", "sparsegpt"])
+    sweep.add_argument(
+        "--sparsities", type=_comma_floats, default=[0.3, 0.4, 0.5, 0.6, 0.7], help="for unstructured points"
+    )
+    sweep.add_argument(
+        "--patterns", type=_comma_list, default=["unstructured", "2:4"], help="an N:M pattern implies its sparsity"
+    )
+    sweep.add_argument("--eval", default="wikitext2", metavar="DATASET", help="wikitext2, c4, ptb or a file")
+    sweep.add_argument("--eval-seqlen", type=int, default=2048)
+    sweep.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only")
+    sweep.add_argument("--calib", default="c4", help="c4, wikitext2, ptb, builtin, or a .txt/.jsonl file")
+    sweep.add_argument("--nsamples", type=int, default=128)
+    sweep.add_argument("--seqlen", type=int, default=2048)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="GLOB")
+    sweep.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=None)
+    sweep.add_argument("--blocksize", type=int, default=128)
+    sweep.add_argument("--dampening", type=float, default=0.01)
+    sweep.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward")
+    sweep.add_argument("--out", required=True, help="folder for sweep.json, sweep.md and sweep.png")
+    sweep.add_argument(
+        "--overwrite", action="store_true", help="start over when --out holds a sweep made with other settings"
+    )
+    _add_common(sweep)
     return parser
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _comma_floats(text: str) -> list[float]:
+    try:
+        return [float(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers, e.g. 0.3,0.5,0.7") from None
+
+
+def _limit(text: str) -> int | float:
+    """lm-eval's limit: a count of documents, or a fraction of them when below 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return int(value) if value >= 1 and value.is_integer() else value
 
 
 def _recipe(args: argparse.Namespace) -> object:
@@ -179,24 +241,79 @@ def _prune(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .api import evaluate
-    from .models import load_model
+    from .api import run_evaluation
+    from .report import write_json_atomic
+    from .report_md import evaluation_table
 
-    model, tokenizer = load_model(args.model, args.dtype, trust_pickle=args.trust_pickle)
-    value = evaluate(
-        model, tokenizer, args.ppl, args.seqlen, args.max_windows, args.batch_size, args.device, progress=not args.quiet
+    ppl = args.ppl if args.ppl is not None else ([] if args.tasks else ["wikitext2"])
+    out = _check_results_file(args.out) if args.out else None
+    result = run_evaluation(
+        args.model,
+        ppl=ppl,
+        tasks=args.tasks,
+        seqlen=args.seqlen,
+        max_windows=args.max_windows,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        trust_pickle=args.trust_pickle,
+        progress=not args.quiet,
     )
-    print(
-        json.dumps(
-            {
-                "model": args.model,
-                "dataset": args.ppl,
-                "seqlen": args.seqlen,
-                "windows": args.max_windows,
-                "perplexity": round(value, 4),
-            }
-        )
+    summary: dict = {"model": args.model}
+    if len(ppl) == 1:  # the shape `secateurs eval --ppl SET` has always printed
+        summary.update(dataset=ppl[0], seqlen=args.seqlen, windows=args.max_windows)
+        summary["perplexity"] = round(result["perplexities"][ppl[0]], 4)
+    summary.update({key: value for key, value in result.items() if key != "model"})
+    print(evaluation_table(result), file=sys.stderr)
+    if out is not None:
+        write_json_atomic(out, summary)
+    print(json.dumps(summary))
+
+
+def _check_results_file(path: str) -> Path:
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder: give a file name such as results.json")
+    if not out.parent.is_dir():
+        raise OutputError(f"the folder {out.parent} does not exist: create it first, or choose another --out")
+    return out
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from .sweep import SWEEP_JSON, SWEEP_MARKDOWN, run_sweep
+
+    state = run_sweep(
+        args.model,
+        args.out,
+        args.methods,
+        args.sparsities,
+        args.patterns,
+        eval_dataset=args.eval,
+        eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows,
+        calib=args.calib,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        seed=args.seed,
+        ignore=args.ignore,
+        true_sequential=args.true_sequential,
+        blocksize=args.blocksize,
+        dampening=args.dampening,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        trust_pickle=args.trust_pickle,
+        progress=not args.quiet,
     )
+    print((Path(args.out) / SWEEP_MARKDOWN).read_text(), file=sys.stderr)
+    summary = {
+        "out": str(Path(args.out) / SWEEP_JSON),
+        "dense_perplexity": state["dense"]["perplexity"],
+        "points": [{k: p[k] for k in ("method", "pattern", "sparsity", "perplexity")} for p in state["points"]],
+    }
+    print(json.dumps(summary))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,12 +325,18 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers_logging.disable_progress_bar()
     try:
-        {"prune": _prune, "eval": _evaluate}[args.command](args)
+        {"prune": _prune, "eval": _evaluate, "sweep": _sweep}[args.command](args)
     except SecateursError as error:
         print(f"secateurs: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("secateurs: interrupted; no output was written", file=sys.stderr)
+        if args.command == "sweep":
+            print(
+                "secateurs: interrupted; the finished points are in sweep.json: rerun the same command to resume",
+                file=sys.stderr,
+            )
+        else:
+            print("secateurs: interrupted; no output was written", file=sys.stderr)
         return 130
     return 0
 

@@ -31,3 +31,7 @@ class OutputError(SecateursError):
 
 class DeviceError(SecateursError):
     """The requested device is not available."""
+
+
+class EvaluationError(SecateursError):
+    """A zero-shot task cannot be found or loaded, or the evaluation extra is missing."""

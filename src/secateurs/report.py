@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import sys
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import torch
 
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for package in ("secateurs", "torch", "transformers", "safetensors", "gguf", "datasets"):
+    for package in ("secateurs", "torch", "transformers", "safetensors", "gguf", "datasets", "lm_eval"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -55,3 +58,20 @@ def peak_cuda_mib() -> float | None:
     if not torch.cuda.is_available():
         return None
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary sibling, then rename it: an interruption leaves the old file or the new
+    one, never half of one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -1,5 +1,6 @@
-"""Evaluation: perplexity (and, later, zero-shot tasks and speed)."""
+"""Evaluation: perplexity and zero-shot tasks through lm-eval (and, later, speed)."""
 
 from .perplexity import perplexity
+from .zero_shot import PAPER_TASKS, load_tasks, zero_shot
 
-__all__ = ["perplexity"]
+__all__ = ["PAPER_TASKS", "load_tasks", "perplexity", "zero_shot"]

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import OutputError
+from ..report_md import write_markdown_report
 
 REPORT_NAME = "secateurs.json"
 
@@ -39,7 +40,8 @@ def check_output_folder(out: str | Path, overwrite: bool = False, source: str | 
 def save_checkpoint(
     model: nn.Module, tokenizer: Any, out: str | Path, report: dict[str, Any], overwrite: bool = False
 ) -> Path:
-    """Write ``model`` (safetensors), ``tokenizer`` and the report ``secateurs.json`` to ``out``."""
+    """Write ``model`` (safetensors), ``tokenizer``, the report ``secateurs.json`` and its readable form
+    ``report.md`` (with its plots) to ``out``."""
     out = check_output_folder(out, overwrite)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -48,6 +50,7 @@ def save_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(partial)
         (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        write_markdown_report(report, partial)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, old)
