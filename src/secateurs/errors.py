@@ -31,3 +31,15 @@ class OutputError(SecateursError):
 
 class DeviceError(SecateursError):
     """The requested device is not available."""
+
+
+class PackedFormatError(SecateursError):
+    """A packed checkpoint does not match the description in its config.json (damaged, altered, truncated)."""
+
+
+class PatternViolationError(SecateursError):
+    """A weight is not N:M sparse where an N:M pattern is claimed."""
+
+
+class SemiStructuredError(SecateursError):
+    """2:4 sparse tensor-core kernels cannot be used here (no CUDA, GPU too old, dtype, weights not 2:4)."""
