@@ -465,3 +465,35 @@ def test_bench_writes_json_markdown_and_png(tiny_folder, tmp_path, capsys):
 
     image = imread(out / "speed.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="2:4 sparse tensor cores need a CUDA GPU of compute capability 8.0+",
+)
+def test_bench_on_cuda_runs_two_four_models_on_sparse_kernels(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from secateurs.evaluate.speed import SpeedSettings, run_speed
+
+    config = LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128, max_position_embeddings=256,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    dense = LlamaForCausalLM(config).eval().half()
+    save_packed(dense, None, tmp_path / "dense", {})
+    model = LlamaForCausalLM(config).eval()
+    report = prune(model, Recipe("magnitude", pattern="2:4"), progress=False)
+    save_packed(model.half(), None, tmp_path / "two-four", report)
+    settings = SpeedSettings(
+        prefill_batch=2, prefill_seqlen=64, prompt_tokens=8, new_tokens=4, repeats=2, micro_tokens=256,
+        micro_shapes=[(256, 128)],
+    )  # fmt: skip
+    result = run_speed([tmp_path / "dense", tmp_path / "two-four"], "cuda", None, settings)
+    kernels = [(row["model"], row["kernels"]) for row in result["models"]]
+    assert kernels == [("dense", "dense"), ("two-four", "dense"), ("two-four", "2:4 sparse")]
+    assert "error" not in result["models"][2], result["models"][2]
+    assert result["models"][2]["decode_tokens_per_s"] > 0
+    micro = {tuple(row["shape"]): row for row in result["microbenchmark"]}
+    assert micro[(256, 128)]["sparse_kernel_ms"] > 0 and micro[(256, 128)]["dtype"] == "float16"
