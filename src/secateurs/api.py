@@ -13,10 +13,10 @@ from torch import nn
 
 from . import data as data_module
 from .engine import walk
-from .errors import CalibrationError, NumericalError, RecipeError
+from .errors import CalibrationError, NumericalError, OutputError, RecipeError
 from .evaluate import perplexity
 from .evaluate.zero_shot import check_options, load_tasks, zero_shot
-from .export import check_output_folder, save_checkpoint
+from .export import check_output_folder, save_checkpoint, save_packed
 from .methods import HESSIAN, get_method
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
 from .models.load import check_causal_lm
@@ -202,9 +202,14 @@ def run_prune(
     overwrite: bool = False,
     trust_pickle: bool = False,
     progress: bool = True,
+    checkpoint_format: str = "hf",
 ) -> dict[str, Any]:
     """Load ``model_source``, prune it, optionally evaluate, and save it to ``out``; returns the report
-    (also written as ``out/secateurs.json``). Every argument is checked before the long work starts."""
+    (also written as ``out/secateurs.json``). ``checkpoint_format``: ``hf`` (what ``from_pretrained`` reads)
+    or ``packed`` (pruned weights compressed, see ``secateurs.export.packed``). Every argument is checked
+    before the long work starts."""
+    if checkpoint_format not in ("hf", "packed"):
+        raise OutputError(f"checkpoint format {checkpoint_format!r} is not known: choose hf or packed")
     out_path = check_output_folder(out, overwrite, source=model_source)
     torch_device = resolve_device(device)
     resolve_dtype(dtype)
@@ -266,10 +271,16 @@ def run_prune(
             "versions": versions(),
             "machine": machine(),
             "peak_rss_mib_after_prune": peak_after_prune,
+            "checkpoint_format": checkpoint_format,
         }
     )
     start = time.perf_counter()
-    save_checkpoint(model, tokenizer, out_path, {**report, "seconds": timings}, overwrite)
+    if checkpoint_format == "packed":
+        save_packed(
+            model, tokenizer, out_path, {**report, "seconds": timings}, pattern=recipe.pattern, overwrite=overwrite
+        )
+    else:
+        save_checkpoint(model, tokenizer, out_path, {**report, "seconds": timings}, overwrite)
     timings["save"] = time.perf_counter() - start
     report["seconds"] = {k: round(v, 3) for k, v in timings.items()}
     report["peak_rss_mib"] = peak_rss_mib()

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--eval-seqlen", type=int, default=2048)
     prune.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only")
+    prune.add_argument(
+        "--format",
+        default="hf",
+        choices=["hf", "packed"],
+        help="hf: what from_pretrained reads; packed: pruned weights compressed (bitmask or N:M), read by "
+        "secateurs.load (default: hf)",
+    )
     _add_common(prune)
 
     evaluate = commands.add_parser("eval", help="measure a model's perplexity and zero-shot accuracy")
@@ -154,6 +161,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="start over when --out holds a sweep made with other settings"
     )
     _add_common(sweep)
+
+    pack = commands.add_parser("pack", help="store a pruned HF folder's pruned weights compressed")
+    pack.add_argument("model", help="a Hugging Face model folder (a pruned one)")
+    pack.add_argument("out", help="output folder (must not exist, or be empty)")
+    pack.add_argument(
+        "--pattern",
+        default=None,
+        help="N:M (e.g. 2:4) to store the pruned weights as N:M (each must be N:M), or unstructured for bitmasks "
+        "(default: the pattern in the folder's secateurs.json, else unstructured)",
+    )
+    pack.add_argument("--ignore", nargs="+", default=None, metavar="GLOB", help="weights the pattern does not apply to")
+    pack.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+
+    unpack = commands.add_parser("unpack", help="write a packed checkpoint as an ordinary HF folder")
+    unpack.add_argument("model", help="a packed folder")
+    unpack.add_argument("out", help="output folder (must not exist, or be empty)")
+    unpack.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: stored")
+    unpack.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+
+    bench = commands.add_parser("bench", help="inference speed and memory, as ratios to the first model (protocol S)")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help="model folders (HF or packed), the dense one first")
+    bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: stored")
+    bench.add_argument("--out", default="secateurs-bench", help="folder for speed.json, speed.md, speed.png")
+    bench.add_argument("--prefill-batch", type=int, default=8)
+    bench.add_argument("--prefill-seqlen", type=int, default=512)
+    bench.add_argument("--prompt-tokens", type=int, default=128)
+    bench.add_argument("--new-tokens", type=int, default=128)
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs, after --warmup ones (median reported)")
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--micro-tokens", type=int, default=4096, help="rows of the Linear microbenchmark")
+    bench.add_argument("--no-micro", action="store_true", help="skip the Linear microbenchmark")
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    for command in (pack, unpack, bench):
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -226,6 +268,7 @@ def _prune(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         trust_pickle=args.trust_pickle,
         progress=not args.quiet,
+        checkpoint_format=args.format,
     )
     keys = (
         "sparsity",
@@ -316,16 +359,58 @@ def _sweep(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def _pack(args: argparse.Namespace) -> None:
+    from .export import pack, packed_sizes
+
+    out = pack(args.model, args.out, pattern=args.pattern, ignore=args.ignore, overwrite=args.overwrite)
+    sizes = packed_sizes(out)
+    ratio = sizes["packed"] / sizes["packed_dense"] if sizes["packed_dense"] else None
+    print(json.dumps({"out": str(args.out), **sizes, "packed_over_dense": ratio and round(ratio, 4)}))
+
+
+def _unpack(args: argparse.Namespace) -> None:
+    from .export import unpack
+
+    unpack(args.model, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(json.dumps({"out": str(args.out)}))
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .evaluate.speed import SpeedSettings, markdown, run_speed
+
+    settings = SpeedSettings(
+        prefill_batch=args.prefill_batch,
+        prefill_seqlen=args.prefill_seqlen,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        micro_tokens=args.micro_tokens,
+        micro=not args.no_micro,
+    )
+    result = run_speed(args.models, args.device, args.dtype, settings, out=args.out)
+    print(markdown(result))
+    print(json.dumps({"out": str(args.out), "models": len(result["models"])}))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.quiet:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
     try:
-        {"prune": _prune, "eval": _evaluate, "sweep": _sweep}[args.command](args)
+        commands = {
+            "prune": _prune,
+            "eval": _evaluate,
+            "sweep": _sweep,
+            "pack": _pack,
+            "unpack": _unpack,
+            "bench": _bench,
+        }
+        commands[args.command](args)
     except SecateursError as error:
         print(f"secateurs: error: {error}", file=sys.stderr)
         return 2

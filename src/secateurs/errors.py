@@ -35,3 +35,15 @@ class DeviceError(SecateursError):
 
 class EvaluationError(SecateursError):
     """A zero-shot task cannot be found or loaded, or the evaluation extra is missing."""
+
+
+class PackedFormatError(SecateursError):
+    """A packed checkpoint does not match the description in its config.json (damaged, altered, truncated)."""
+
+
+class PatternViolationError(SecateursError):
+    """A weight is not N:M sparse where an N:M pattern is claimed."""
+
+
+class SemiStructuredError(SecateursError):
+    """2:4 sparse tensor-core kernels cannot be used here (no CUDA, GPU too old, dtype, weights not 2:4)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,14 @@ def check_output_folder(out: str | Path, overwrite: bool = False, source: str | 
     return out
 
 
-def save_checkpoint(
-    model: nn.Module, tokenizer: Any, out: str | Path, report: dict[str, Any], overwrite: bool = False
-) -> Path:
-    """Write ``model`` (safetensors), ``tokenizer``, the report ``secateurs.json`` and its readable form
-    ``report.md`` (with its plots) to ``out``."""
-    out = check_output_folder(out, overwrite)
+def write_folder_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Call ``fill(folder)`` on a temporary sibling of ``out``, then put it in place of ``out``: an error or
+    an interruption leaves nothing behind (``out`` is checked by ``check_output_folder`` first)."""
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        model.save_pretrained(partial)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(partial)
-        (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown_report(report, partial)
+        partial.mkdir()
+        fill(partial)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, old)
@@ -65,3 +60,20 @@ def save_checkpoint(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def save_checkpoint(
+    model: nn.Module, tokenizer: Any, out: str | Path, report: dict[str, Any], overwrite: bool = False
+) -> Path:
+    """Write ``model`` (safetensors), ``tokenizer``, the report ``secateurs.json`` and its readable form
+    ``report.md`` (with its plots) to ``out``."""
+    out = check_output_folder(out, overwrite)
+
+    def fill(partial: Path) -> None:
+        model.save_pretrained(partial)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
+        (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        write_markdown_report(report, partial)
+
+    return write_folder_atomically(out, fill)

@@ -58,8 +58,8 @@ def load_model(
 ) -> tuple[nn.Module, object]:
     """Return ``(model, tokenizer)`` on the CPU, in ``dtype``.
 
-    ``source``: a folder with config.json and safetensors weights, a ``.gguf`` file, or a hub id
-    (``org/name``). Pickle-only checkpoints are refused unless ``trust_pickle``: unpickling runs code.
+    ``source``: a folder with config.json and safetensors weights (or a packed checkpoint), a ``.gguf`` file,
+    or a hub id (``org/name``). Pickle-only checkpoints are refused unless ``trust_pickle``: unpickling runs code.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -79,6 +79,10 @@ def load_model(
             )
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{text} has no config.json: give a Hugging Face model folder")
+        from ..export.packed import is_packed, load
+
+        if is_packed(path):  # a packed checkpoint (secateurs pack) has no model.safetensors
+            return load(path, dtype=torch_dtype)
         safetensors, pickles = _weight_files(path)
         if not safetensors and not pickles:
             raise ModelLoadError(f"{text} holds no weight files (*.safetensors): is the download complete?")

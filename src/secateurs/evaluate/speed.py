@@ -1,0 +1,544 @@
+"""Protocol S (../shared/PROTOCOL.md): inference speed and memory, each model as a ratio to the first (dense)
+model measured in the same process run, plus a per-Linear-shape microbenchmark of dense vs 2:4 matmuls.
+
+Per model: prefill (batch 8 x 512 tokens, one forward without a KV cache, logits of the last position only, as
+generation does) and decode (batch 1: a 128-token prompt, then 128 greedy steps of one token each with the KV
+cache; only the steps are timed) in tokens per second, the median of 5 runs after a warm-up; peak memory while
+loading and running (CPU: the growth of the process's peak resident memory, reset per model through
+/proc/self/clear_refs; CUDA: ``max_memory_allocated``); the memory the loaded model holds (``resident_mib``, the
+same measures right after loading) and the bytes of its tensors; and the size of its weight files. On CUDA a
+2:4 model in float16/bfloat16 is measured twice: dense kernels, then ``semi_structured`` sparse kernels.
+
+Microbenchmark: ``F.linear`` with ``tokens`` rows on every Linear shape of the first model and on Llama-7B-like
+4096 x 11008 shapes: the dense weight, the same weight made 2:4 run by the dense kernel, and on CUDA the 2:4
+weight as a ``torch.sparse`` semi-structured tensor (sparse tensor cores). On the CPU there is no sparse kernel:
+the 2:4 column is the dense kernel on a 2:4 weight, labelled so.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import itertools
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SecateursError
+from ..models import find_blocks, find_targets, resolve_device, resolve_dtype
+from ..patterns import NMPattern, is_nm_sparse
+from ..report import machine, peak_rss_mib, versions
+
+PROTOCOL = "S"
+LLAMA_7B_SHAPES = ((11008, 4096), (4096, 11008))  # [out, in] of Llama-7B's up/gate and down projections
+TWO_FOUR = NMPattern(2, 4)
+
+
+@dataclass
+class SpeedSettings:
+    """Sizes and repeats of protocol S (the defaults are the protocol; tests shrink them)."""
+
+    prefill_batch: int = 8
+    prefill_seqlen: int = 512
+    prompt_tokens: int = 128
+    new_tokens: int = 128
+    repeats: int = 5
+    warmup: int = 1
+    micro_tokens: int = 4096
+    micro_shapes: list[tuple[int, int]] = field(default_factory=lambda: list(LLAMA_7B_SHAPES))
+    micro: bool = True
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------- memory
+
+
+def _status_mib(field_name: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak resident size to its current size (Linux: clear_refs 5), so that each model's
+    peak is its own in one process."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Memory:
+    """Peak memory of what runs between ``start`` and ``peak_mib``: CUDA allocations, or resident growth."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset = True
+        self.before = 0.0
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            self.reset = _reset_peak_rss()
+            self.before = _status_mib("VmRSS") or 0.0
+
+    def current_mib(self) -> float:
+        """Memory held now beyond what was held at ``start`` (CUDA allocations, or resident size)."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20 - self.before
+        return (_status_mib("VmRSS") or 0.0) - self.before
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.before
+        peak = _status_mib("VmHWM") if self.reset else None
+        return (peak if peak is not None else peak_rss_mib()) - self.before
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``run`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """transformers 5.24 calls the KV cache ``cache``; earlier versions ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(model: nn.Module, ids: torch.Tensor, **kwargs: Any) -> Any:
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = 1  # the last position's logits only, as generation computes them
+    return model(input_ids=ids, **kwargs)
+
+
+def _decode_seconds(model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device) -> float:
+    """Greedy decode of ``new_tokens`` after ``prompt``, one token per step with the KV cache; only the steps
+    are timed (the prompt's forward is the prefill's business)."""
+    name = _cache_argument(model)
+    output = _forward(model, prompt, use_cache=True)
+    cache = output.get("cache", None) or output.get("past_key_values", None)
+    token = output.logits[:, -1:].argmax(-1)
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        output = _forward(model, token, use_cache=True, **{name: cache})
+        cache = output.get("cache", None) or output.get("past_key_values", None)
+        token = output.logits[:, -1:].argmax(-1)
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as held in memory (a semi-structured sparse weight counts
+    its compressed values and metadata)."""
+    total, seen = 0, set()
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        flatten = getattr(tensor, "__tensor_flatten__", None)  # a tensor subclass holding inner tensors
+        if flatten is not None:
+            names, _ = flatten()
+            total += sum(getattr(tensor, name).nbytes for name in names if getattr(tensor, name) is not None)
+        else:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def file_bytes(source: str | Path) -> int:
+    """Bytes of a model's weight files: a folder's ``*.safetensors`` (or the file itself, e.g. a .gguf)."""
+    path = Path(source)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(file.stat().st_size for file in path.glob("*.safetensors"))
+
+
+def describe_sparsity(model: nn.Module) -> dict[str, Any]:
+    """Achieved sparsity of the decoder blocks' weights and the N:M pattern they all satisfy, if any."""
+    prefix, blocks = find_blocks(model)
+    weights = [t.weight() for i, block in enumerate(blocks) for t in find_targets(block, f"{prefix}.{i}")]
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    pattern = "dense" if zeros / max(total, 1) < 0.01 else "unstructured"
+    for candidate in (TWO_FOUR, NMPattern(4, 8)):
+        if pattern != "dense" and all(is_nm_sparse(w, candidate) for w in weights):
+            pattern = str(candidate)
+            break
+    return {"sparsity": round(zeros / max(total, 1), 4), "pattern": pattern}
+
+
+def linear_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    """The distinct ``[out, in]`` shapes of the decoder blocks' weights, in order of appearance."""
+    prefix, blocks = find_blocks(model)
+    shapes: list[tuple[int, int]] = []
+    for index, block in enumerate(blocks):
+        for target in find_targets(block, f"{prefix}.{index}"):
+            shape = tuple(target.weight().shape)
+            if shape not in shapes:
+                shapes.append(shape)  # type: ignore[arg-type]
+    return shapes
+
+
+def measure_model(
+    source: str | Path,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    settings: SpeedSettings,
+    semi_structured: bool = False,
+) -> tuple[dict[str, Any], nn.Module]:
+    """Protocol S figures of one model (see the module's docstring) and the loaded model."""
+    from ..export.packed import is_packed, load
+
+    memory = _Memory(device)
+    memory.start()
+    start = time.perf_counter()
+    model, _ = load(source, semi_structured=semi_structured, dtype=dtype)
+    if not semi_structured:  # semi-structured loading already put the model on the GPU
+        model.to(device)
+    load_seconds = time.perf_counter() - start
+    resident = memory.current_mib()
+    generator = torch.Generator().manual_seed(settings.seed)
+    vocab = model.get_input_embeddings().num_embeddings
+    prefill_ids = torch.randint(0, vocab, (settings.prefill_batch, settings.prefill_seqlen), generator=generator)
+    prompt = torch.randint(0, vocab, (1, settings.prompt_tokens), generator=generator)
+    prefill_ids, prompt = prefill_ids.to(device), prompt.to(device)
+    with torch.inference_mode():
+        prefill = median_seconds(
+            lambda: _forward(model, prefill_ids, use_cache=False), device, settings.repeats, settings.warmup
+        )
+        for _ in range(settings.warmup):
+            _decode_seconds(model, prompt, settings.new_tokens, device)
+        decode = [_decode_seconds(model, prompt, settings.new_tokens, device) for _ in range(settings.repeats)]
+    path = Path(source)
+    row = {
+        "model": path.name or str(source),
+        "source": str(source),
+        "format": "packed" if path.is_dir() and is_packed(path) else "hf",
+        "kernels": "2:4 sparse" if semi_structured else "dense",
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "prefill_tokens_per_s": settings.prefill_batch * settings.prefill_seqlen / statistics.median(prefill),
+        "decode_tokens_per_s": settings.new_tokens / statistics.median(decode),
+        "prefill_seconds": prefill,
+        "decode_seconds": decode,
+        "resident_mib": round(resident, 1),
+        "peak_memory_mib": round(memory.peak_mib(), 1),
+        "peak_memory_kind": "cuda max_memory_allocated"
+        if device.type == "cuda"
+        else ("peak RSS growth" if memory.reset else "process peak RSS growth (peak could not be reset)"),
+        "model_bytes": tensor_bytes(model),
+        "file_bytes": file_bytes(source),
+        "load_seconds": round(load_seconds, 3),
+    }
+    return row, model
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Every figure as a ratio to the first row's (the dense model, measured in this run)."""
+    reference = next((row for row in rows if "error" not in row), None)
+    if reference is None:
+        return
+    for row in rows:
+        if "error" in row:
+            continue
+        row["ratio_to_first"] = {
+            key: round(row[key] / reference[key], 4) if reference[key] else None
+            for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_memory_mib", "model_bytes", "file_bytes")
+        }
+
+
+# ------------------------------------------------------------------------------------ microbenchmark
+
+
+def micro_benchmark(
+    shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype, settings: SpeedSettings
+) -> list[dict[str, Any]]:
+    """Milliseconds of ``F.linear`` at ``settings.micro_tokens`` rows per ``[out, in]`` shape: dense weight,
+    2:4 weight on the dense kernel, and (CUDA) 2:4 weight on the sparse kernel. With ``settings.warmup``, the first
+    shape runs once more, untimed, before any is measured."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    rows = []
+    if settings.warmup and shapes:  # the first matmul of a run pays for thread-pool and kernel set-up
+        x = torch.randn(settings.micro_tokens, shapes[0][1], generator=generator).to(device, dtype)
+        _linear_ms(x, torch.randn(shapes[0], generator=generator).to(device, dtype), device, settings)
+    for out_features, in_features in shapes:
+        x = torch.randn(settings.micro_tokens, in_features, generator=generator).to(device, dtype)
+        weight = torch.randn(out_features, in_features, generator=generator).to(device, dtype)
+        row: dict[str, Any] = {"shape": [out_features, in_features], "tokens": settings.micro_tokens}
+        row["dtype"] = str(dtype).removeprefix("torch.")
+        with torch.inference_mode():
+            row["dense_ms"] = _linear_ms(x, weight, device, settings)
+            if in_features % 4:
+                row["note"] = "inputs not a multiple of 4: no 2:4 weight"
+                rows.append(row)
+                continue
+            two_four = weight * random_two_four_mask(weight.shape, generator).to(device, weight.dtype)
+            row["two_four_dense_kernel_ms"] = _linear_ms(x, two_four, device, settings)
+            row["sparse_kernel_ms"] = None
+            if device.type == "cuda":
+                row.update(_sparse_kernel(x, two_four, device, settings))
+            else:
+                row["note"] = "CPU: no 2:4 sparse kernel; the 2:4 weight runs on the dense kernel"
+        row["two_four_dense_kernel_speedup"] = row["dense_ms"] / row["two_four_dense_kernel_ms"]
+        if row.get("sparse_kernel_ms"):
+            row["sparse_kernel_speedup"] = row["dense_ms"] / row["sparse_kernel_ms"]
+        rows.append(row)
+    return rows
+
+
+def random_two_four_mask(shape: tuple[int, ...] | torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """A 2:4 keep-mask with the two kept positions of each group drawn at random (the kernels' speed does not
+    depend on which two; a random pick costs a fraction of ranking the weights)."""
+    pairs = torch.tensor([[i in pair for i in range(4)] for pair in itertools.combinations(range(4), 2)])
+    choice = torch.randint(0, len(pairs), (shape[0] * shape[1] // 4,), generator=generator)
+    return pairs[choice].reshape(shape)
+
+
+def _linear_ms(x: torch.Tensor, weight: torch.Tensor, device: torch.device, settings: SpeedSettings) -> float:
+    times = median_seconds(lambda: F.linear(x, weight), device, settings.repeats, settings.warmup)
+    return statistics.median(times) * 1e3
+
+
+def _sparse_kernel(
+    x: torch.Tensor, two_four: torch.Tensor, device: torch.device, settings: SpeedSettings
+) -> dict[str, Any]:
+    from torch.sparse import to_sparse_semi_structured
+
+    from ..export.packed import check_semi_structured, semi_structured_fits
+
+    try:
+        check_semi_structured(two_four.dtype)
+        if not semi_structured_fits(*two_four.shape):
+            return {"note": "shape not a multiple of 32 x 64: no sparse kernel"}
+        sparse = to_sparse_semi_structured(two_four)
+        return {"sparse_kernel_ms": _linear_ms(x, sparse, device, settings), "sparse_backend": type(sparse).__name__}
+    except (SecateursError, RuntimeError, NotImplementedError) as error:
+        return {"note": f"sparse kernel unavailable: {str(error).splitlines()[0]}"}
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def run_speed(
+    models: list[str | Path],
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    settings: SpeedSettings | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Protocol S for ``models`` (the first is the dense reference), in this process; writes ``speed.json``,
+    ``speed.md`` and ``speed.png`` to ``out`` when given. Returns the JSON document. With ``settings.warmup``
+    the first model also runs once, untimed, before any is measured (the process's own warm-up)."""
+    settings = settings or SpeedSettings()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype) if dtype is not None else None
+    rows: list[dict[str, Any]] = []
+    shapes: list[tuple[int, int]] = []
+    if settings.warmup and models:
+        # The process's first model pays for lazy imports, kernel selection and allocator growth: run it once
+        # untimed so that the first row is not penalised against the others.
+        measure_model(models[0], torch_device, torch_dtype, replace(settings, repeats=1, warmup=0))
+    for source in models:
+        row, model = measure_model(source, torch_device, torch_dtype, settings)
+        row.update(describe_sparsity(model))
+        shapes = shapes or linear_shapes(model)
+        model_dtype = next(model.parameters()).dtype
+        rows.append(row)
+        del model
+        if torch_device.type == "cuda" and row["pattern"] == "2:4":
+            rows.append(_sparse_row(source, torch_device, torch_dtype or model_dtype, settings, row))
+    _add_ratios(rows)
+    result: dict[str, Any] = {
+        "protocol": PROTOCOL,
+        "device": str(torch_device),
+        "settings": asdict(settings),
+        "models": rows,
+        "machine": machine(),
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+    }
+    if settings.micro:
+        micro_dtype = torch.float16 if torch_device.type == "cuda" else (torch_dtype or torch.float32)
+        micro_shapes = shapes + [s for s in settings.micro_shapes if s not in shapes]
+        result["microbenchmark"] = micro_benchmark(micro_shapes, torch_device, micro_dtype, settings)
+    if out is not None:
+        write_outputs(result, Path(out))
+    return result
+
+
+def _sparse_row(
+    source: str | Path, device: torch.device, dtype: torch.dtype, settings: SpeedSettings, dense_row: dict
+) -> dict[str, Any]:
+    """The same 2:4 model on sparse kernels; a row with an ``error`` when they cannot run here."""
+    try:
+        row, model = measure_model(source, device, dtype, settings, semi_structured=True)
+        del model
+        return {**row, "sparsity": dense_row["sparsity"], "pattern": dense_row["pattern"]}
+    except (SecateursError, RuntimeError, NotImplementedError) as error:
+        return {
+            "model": dense_row["model"],
+            "kernels": "2:4 sparse",
+            "error": str(error).splitlines()[0],
+        }
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The models' table and the microbenchmark's, in Markdown."""
+    machine_info = result["machine"]
+    where = machine_info.get("cuda_device") if result["device"].startswith("cuda") else machine_info.get("cpu")
+    settings = result["settings"]
+    lines = [
+        f"Protocol **{result['protocol']}** on {result['device']} ({where}; {result['threads']} threads; torch "
+        f"{result['versions'].get('torch')}). Prefill: batch {settings['prefill_batch']} x "
+        f"{settings['prefill_seqlen']}; decode: batch 1, {settings['new_tokens']} new tokens after a "
+        f"{settings['prompt_tokens']}-token prompt; median of {settings['repeats']} after {settings['warmup']} "
+        "warm-up. Ratios are to the first row, measured in the same run.",
+        "",
+        "| model | format | pattern | sparsity | kernels | dtype | prefill tok/s | decode tok/s | peak MiB | "
+        "tensors MiB | file MiB | prefill / first | decode / first | peak / first | file / first |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["models"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | | | | {row['kernels']} | | not run: {row['error']} | | | | | | | | |")
+            continue
+        ratio = row["ratio_to_first"]
+        lines.append(
+            f"| {row['model']} | {row['format']} | {row['pattern']} | {row['sparsity']:.2f} | {row['kernels']} | "
+            f"{row['dtype']} | {row['prefill_tokens_per_s']:.1f} | {row['decode_tokens_per_s']:.1f} | "
+            f"{row['peak_memory_mib']:.0f} | {row['model_bytes'] / 2**20:.1f} | {row['file_bytes'] / 2**20:.1f} | "
+            f"{_ratio(ratio['prefill_tokens_per_s'])} | {_ratio(ratio['decode_tokens_per_s'])} | "
+            f"{_ratio(ratio['peak_memory_mib'])} | {_ratio(ratio['file_bytes'])} |"
+        )
+    micro = result.get("microbenchmark")
+    if micro:
+        lines += [
+            "",
+            f"Linear microbenchmark: `F.linear` on {micro[0]['tokens']} tokens, {micro[0]['dtype']}, median of "
+            f"{settings['repeats']}; speedups are dense ms / 2:4 ms.",
+            "",
+            "| weight [out, in] | dense ms | 2:4 on dense kernel ms | 2:4 sparse kernel ms | "
+            "speedup (dense kernel) | speedup (sparse kernel) | note |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in micro:
+            sparse = row.get("sparse_kernel_ms")
+            lines.append(
+                f"| {row['shape'][0]} x {row['shape'][1]} | {row['dense_ms']:.3f} | "
+                f"{_number(row.get('two_four_dense_kernel_ms'))} | {_number(sparse)} | "
+                f"{_ratio(row.get('two_four_dense_kernel_speedup'))} | {_ratio(row.get('sparse_kernel_speedup'))} | "
+                f"{row.get('note', '')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """A PNG bar chart: each model's ratios to the first, and the microbenchmark's speedups."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in result["models"] if "ratio_to_first" in row]
+    micro = result.get("microbenchmark") or []
+    figure, axes = plt.subplots(1, 2 if micro else 1, figsize=(13 if micro else 7, 4.5), squeeze=False)
+    keys = [
+        ("prefill_tokens_per_s", "prefill tok/s"),
+        ("decode_tokens_per_s", "decode tok/s"),
+        ("peak_memory_mib", "peak memory"),
+        ("file_bytes", "file size"),
+    ]
+    width = 0.8 / max(len(rows), 1)
+    for index, row in enumerate(rows):
+        values = [row["ratio_to_first"][key] or 0 for key, _ in keys]
+        positions = [k + index * width for k in range(len(keys))]
+        axes[0][0].bar(positions, values, width, label=f"{row['model']}, {row['kernels']} kernels")
+    axes[0][0].set_xticks([k + width * (len(rows) - 1) / 2 for k in range(len(keys))], [label for _, label in keys])
+    axes[0][0].axhline(1.0, color="grey", linewidth=0.8)
+    axes[0][0].set_ylabel("ratio to the first model")
+    axes[0][0].set_title(f"Protocol S on {result['device']}")
+    axes[0][0].legend(fontsize=7)
+    if micro:
+        labels = [f"{r['shape'][0]}x{r['shape'][1]}" for r in micro]
+        dense_kernel = [r.get("two_four_dense_kernel_speedup") or 0 for r in micro]
+        sparse_kernel = [r.get("sparse_kernel_speedup") or 0 for r in micro]
+        positions = list(range(len(micro)))
+        if any(sparse_kernel):
+            axes[0][1].bar([p - 0.2 for p in positions], dense_kernel, 0.4, label="2:4, dense kernel")
+            axes[0][1].bar([p + 0.2 for p in positions], sparse_kernel, 0.4, label="2:4, sparse kernel")
+        else:  # no sparse kernel on this device
+            axes[0][1].bar(positions, dense_kernel, 0.6, label="2:4 weight, dense kernel (no sparse kernel here)")
+        axes[0][1].set_xticks(positions, labels, rotation=30, fontsize=7)
+        axes[0][1].axhline(1.0, color="grey", linewidth=0.8)
+        axes[0][1].set_ylabel("speedup over dense")
+        axes[0][1].set_title(f"F.linear, {micro[0]['tokens']} tokens, {micro[0]['dtype']}")
+        axes[0][1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``speed.json``, ``speed.md`` and ``speed.png`` in ``out`` (each written whole, then renamed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "speed.json", "markdown": out / "speed.md", "png": out / "speed.png"}
+    writers: dict[str, Callable[[Path], None]] = {
+        "json": lambda p: p.write_text(json.dumps(result, indent=2) + "\n"),
+        "markdown": lambda p: p.write_text(markdown(result)),
+        "png": lambda p: plot(result, p),
+    }
+    for kind, path in paths.items():
+        temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+        writers[kind](temporary)
+        os.replace(temporary, path)
+    return paths
