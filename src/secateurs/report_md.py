@@ -117,6 +117,11 @@ def _summary(report: dict[str, Any]) -> list[str]:
         ("target sparsity", recipe.get("sparsity")),
         ("achieved sparsity", report.get("sparsity")),
         ("pruned parameters", report.get("pruned_parameters")),
+        ("parameters before", (report.get("before") or {}).get("parameters")),
+        ("parameters after", (report.get("after") or {}).get("parameters")),
+        ("fraction of parameters removed", report.get("parameters_removed")),
+        ("removed layers", report.get("removed_layers")),
+        ("weight file bytes", report.get("weight_file_bytes")),
         ("dtype", report.get("dtype")),
         ("device", report.get("device")),
     ]
@@ -169,10 +174,40 @@ def _cost(report: dict[str, Any]) -> list[str]:
     return lines if len(lines) > 1 else []
 
 
+def _structured_layers(layers: list[dict[str, Any]], folder: Path) -> tuple[list[str], list[Path]]:
+    """Width pruning: what each layer kept, and how well the re-fitted projection reproduces its output."""
+    plots = [plot_reconstruction_error(layers, folder / RECONSTRUCTION_PLOT)]
+    sizes = [key for key in ("channels", "heads", "kv_heads") if key in layers[0]]
+    header = ["#", "layer", *[f"{key} (before, after)" for key in sizes], "reconstruction error"]
+    rows = [
+        [i, layer["name"], *[layer[key] for key in sizes], layer.get("reconstruction_error")]
+        for i, layer in enumerate(layers)
+    ]
+    lines = [
+        "## Reconstruction error",
+        "Relative error ||WX - W'X|| / ||WX|| of each re-fitted projection on the calibration data.",
+        f"![reconstruction error across depth]({RECONSTRUCTION_PLOT})",
+        "## Layers",
+        markdown_table(header, rows),
+    ]
+    return lines, plots
+
+
+def _depth_candidates(report: dict[str, Any]) -> list[str]:
+    candidates = report.get("candidates") or []
+    if not candidates:
+        return []
+    score = next(key for key in candidates[0] if key != "layers")
+    rows = [[candidate["layers"], candidate[score]] for candidate in candidates]
+    return [f"## Depth candidates ({score})", markdown_table(["layers removed", score], rows)]
+
+
 def _layers(report: dict[str, Any], folder: Path) -> tuple[list[str], list[Path]]:
     layers = report.get("layers") or []
     if not layers:
         return [], []
+    if "sparsity" not in layers[0]:
+        return _structured_layers(layers, folder)
     target = (report.get("recipe") or {}).get("sparsity")
     plots = [plot_layer_sparsity(layers, folder / SPARSITY_PLOT, target)]
     lines = ["## Per-layer sparsity", f"![per-layer sparsity]({SPARSITY_PLOT})"]
@@ -211,6 +246,7 @@ def write_markdown_report(report: dict[str, Any], folder: str | Path) -> list[Pa
         _quality(report),
         _recipe_and_calibration(report),
         _cost(report),
+        _depth_candidates(report),
         layer_lines,
         _environment(report),
     ]
