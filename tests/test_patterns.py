@@ -35,10 +35,9 @@ def test_per_layer_compares_across_rows():
 def test_exact_count_even_with_ties(per_row):
     score = torch.ones(16, 64)  # every score tied
     mask = unstructured_mask(score, 0.3, per_row)
-    if per_row:
-        assert ((~mask).sum(1) == int(64 * 0.3)).all()
-    else:
-        assert int((~mask).sum()) == int(16 * 64 * 0.3)
+    assert int((~mask).sum()) == int(16 * 64 * 0.3)  # the layer's count is exact at any sparsity
+    if per_row:  # rows lose 19 or 20 (19.2 on average), the first rows the extra one
+        assert (~mask).sum(1).tolist() == [20] * 3 + [19] * 13
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4), (3, 8)])

@@ -23,5 +23,5 @@ def test_contradicting_sparsity_and_pattern():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(RecipeError, match="magnitude, sparsegpt, wanda"):
+    with pytest.raises(RecipeError, match="magnitude, ria, sparsegpt, wanda"):
         Recipe("sparsgpt")

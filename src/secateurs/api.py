@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +13,28 @@ import torch
 from torch import nn
 
 from . import data as data_module
+from .allocation import (
+    file_sparsity,
+    mixed_nm,
+    outlier_ratio,
+    owl_sparsities,
+    parse_schedule,
+    read_allocation_file,
+    schedule_sparsities,
+)
 from .engine import walk
 from .errors import CalibrationError, NumericalError, OutputError, RecipeError
 from .evaluate import perplexity
 from .evaluate.zero_shot import check_options, load_tasks, zero_shot
 from .export import check_output_folder, save_checkpoint, save_packed
-from .methods import HESSIAN, get_method
+from .methods import HESSIAN, get_method, wanda
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
 from .models.load import check_causal_lm
 from .observers import HessianObserver, InputNormObserver
 from .recipe import Recipe, StructuredRecipe
 from .report import machine, peak_cuda_mib, peak_rss_mib, versions
 from .report_md import write_markdown_report
-from .solve import solve_weight
+from .solve import LayerPlan, default_plan, solve_weight
 from .structured import prune_structured
 
 
@@ -67,11 +77,13 @@ def prune(
     if not targets:
         raise RecipeError("no layer is left to prune: the --ignore patterns match every weight")
     _check_finite_weights(model, targets)
-    if statistics is not None and calibration is None:
+    if recipe.needs_calibration and calibration is None:
         raise CalibrationError(
-            f"{method.name}{' with --update' if recipe.update else ''} reads calibration activations: "
-            "give calibration data"
+            f"{method.name}{' with --update' if recipe.update else ''}"
+            f"{' with OWL' if recipe.allocation == 'owl' else ''} reads calibration activations: give calibration data"
         )
+    start = time.perf_counter()
+    plans, allocation = layer_plans(model, recipe, calibration, device, batch_size, progress)
     layers: list[dict[str, Any]] = []
     observer_class = HessianObserver if statistics == HESSIAN else InputNormObserver
 
@@ -86,12 +98,18 @@ def prune(
             observer, note = None, "no calibration token reached it: magnitude used"
         elif observer is not None:
             observer.check_finite(target.name)
-        solution = solve_weight(weight, recipe, observer)
+        plan = plans.get(target.name) or default_plan(recipe)
+        refine = not any(fnmatchcase(target.name, glob) for glob in recipe.refine_skip)
+        solution = solve_weight(weight, recipe, observer, plan, refine=refine)
         if solution.weight is not None:
             weight.copy_(solution.weight)
         weight.masked_fill_(~solution.mask, 0)
         zeros = int((weight == 0).sum())
         layer: dict[str, Any] = {"name": target.name, "shape": list(weight.shape), "sparsity": zeros / weight.numel()}
+        if plans:
+            layer["target_sparsity"] = plan.sparsity
+            if plan.pattern is not None:
+                layer["pattern"] = str(plan.pattern)
         if solution.dampening is not None and solution.dampening != recipe.dampening:
             layer["dampening"] = solution.dampening
             note = f"Hessian not positive definite: dampening raised to {solution.dampening:g}"
@@ -101,7 +119,6 @@ def prune(
             layer["note"] = note
         layers.append(layer)
 
-    start = time.perf_counter()
     walk_info: dict[str, Any] = {}
     if statistics is not None:
         info = walk(
@@ -137,10 +154,93 @@ def prune(
         "pruned_parameters": total,
         "prune_seconds": round(seconds, 3),
         "walk": walk_info,
+        "allocation": allocation,
         "peak_rss_mib": peak_rss_mib(),
         "peak_cuda_mib": peak_cuda_mib(),
         "layers": layers,
     }
+
+
+def layer_plans(
+    model: nn.Module,
+    recipe: Recipe,
+    calibration: torch.Tensor | None,
+    device: torch.device,
+    batch_size: int | None,
+    progress: bool,
+) -> tuple[dict[str, LayerPlan], dict[str, Any]]:
+    """Each target's sparsity and pattern under the recipe's allocation (empty: the recipe's, everywhere),
+    and what the report says of it."""
+    if recipe.allocation == "uniform":
+        return {}, {"method": "uniform"}
+    blocks_name, blocks = find_blocks(model)
+    by_block = [find_targets(block, f"{blocks_name}.{i}", recipe.ignore) for i, block in enumerate(blocks)]
+    info: dict[str, Any] = {"method": recipe.allocation}
+    pattern = recipe.nm_pattern
+    if pattern is not None and recipe.nm_allocation == "skip":
+        info["note"] = (
+            f"N:M layers keep their pattern {pattern}: the {recipe.allocation} allocation was skipped "
+            "(pass --nm-allocation mixed for a per-layer N:M)"
+        )
+        return {}, info
+    if recipe.allocation == "schedule":
+        block_sparsity = schedule_sparsities(*parse_schedule(recipe.schedule), len(blocks))
+    elif recipe.allocation == "owl":
+        ratios = owl_outlier_ratios(model, recipe, calibration, by_block, device, batch_size, progress)
+        sizes = [sum(t.weight().numel() for t in targets) for targets in by_block]
+        target = recipe.sparsity if recipe.sparsity is not None else recipe.target_sparsity
+        block_sparsity = owl_sparsities(ratios, sizes, target, recipe.owl_lambda)
+        info.update(outlier_ratios=ratios, owl_m=recipe.owl_m, owl_lambda=recipe.owl_lambda)
+    else:
+        rules = read_allocation_file(recipe.allocation)
+        default = recipe.target_sparsity
+        block_sparsity = None
+    plans: dict[str, LayerPlan] = {}
+    for index, targets in enumerate(by_block):
+        for target in targets:
+            sparsity = block_sparsity[index] if block_sparsity else file_sparsity(target.name, rules, default)
+            layer_pattern = mixed_nm(pattern, sparsity) if pattern is not None else None
+            plans[target.name] = LayerPlan(layer_pattern.sparsity if layer_pattern else sparsity, layer_pattern)
+    if block_sparsity:
+        info["block_sparsities"] = block_sparsity
+    return plans, info
+
+
+def owl_outlier_ratios(
+    model: nn.Module,
+    recipe: Recipe,
+    calibration: torch.Tensor,
+    by_block: list[list[Target]],
+    device: torch.device,
+    batch_size: int | None,
+    progress: bool,
+) -> list[float]:
+    """OWL's layer outlier ratio: the fraction of a block's Wanda scores above M times the block's mean score,
+    from one observing pass over the dense model."""
+    norms: dict[str, torch.Tensor] = {}
+
+    def keep_norms(target: Target, observer: InputNormObserver | None) -> None:
+        norms[target.name] = observer.sum_squares if observer is not None and observer.tokens else None
+
+    walk(
+        model,
+        calibration,
+        lambda target: InputNormObserver(target.in_features, target.weight().device),
+        keep_norms,
+        ignore=recipe.ignore,
+        observe_only=True,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    ratios = []
+    for targets in by_block:
+        scores = [wanda.score(t.weight().float(), norms[t.name]) for t in targets if norms[t.name] is not None]
+        total = sum(score.numel() for score in scores)
+        mean = sum(float(score.sum()) for score in scores) / max(total, 1)
+        outliers = sum(int((score > recipe.owl_m * mean).sum()) for score in scores)
+        ratios.append(outlier_ratio(outliers, total))
+    return ratios
 
 
 def _prune_structured(
@@ -216,7 +316,8 @@ def run_prune(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    corpus = data_module.load_corpus(calib) if recipe.statistics is not None else None
+    needs_calibration = isinstance(recipe, StructuredRecipe) or recipe.needs_calibration
+    corpus = data_module.load_corpus(calib) if needs_calibration else None
     model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
     timings["load"] = time.perf_counter() - start
 

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--method",
         default="wanda",
-        help="magnitude, wanda or sparsegpt (sparse weights), or width or depth (a smaller dense model); "
+        help="magnitude, wanda, ria or sparsegpt (sparse weights), or width or depth (a smaller dense model); "
         "default: wanda",
     )
     prune.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer (default 0.5)")
@@ -74,6 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the block's Hessians in CPU memory; only the one being solved goes to the device",
     )
     prune.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward")
+    layerwise = prune.add_argument_group("layer-wise allocation and method variants")
+    layerwise.add_argument(
+        "--allocation",
+        default="uniform",
+        help="uniform, owl (outlier-weighted, Yin et al.), schedule (see --schedule), or a YAML/JSON file of "
+        "layer-name globs and sparsities (default: uniform)",
+    )
+    layerwise.add_argument("--schedule", default=None, metavar="FIRST:LAST", help="linear ramp over the blocks")
+    layerwise.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default 5)")
+    layerwise.add_argument("--owl-lambda", type=float, default=0.08, help="OWL sparsity span lambda (default 0.08)")
+    layerwise.add_argument(
+        "--nm-allocation",
+        default="skip",
+        choices=["skip", "mixed"],
+        help="with an N:M pattern: keep it in every layer (skip the allocation) or choose N per layer (mixed)",
+    )
+    layerwise.add_argument("--variant", action="store_true", help="Wanda's per-row cumulative threshold variant")
+    layerwise.add_argument("--ria-alpha", type=float, default=0.5, help="RIA's activation exponent (default 0.5)")
+    layerwise.add_argument("--refine", default=None, choices=["dsnot"], help="training-free mask refinement")
+    layerwise.add_argument(
+        "--refine-skip",
+        nargs="+",
+        default=["*mlp*"],
+        metavar="GLOB",
+        help="layers DSnoT leaves as they are (default: '*mlp*', as the paper's code)",
+    )
+    layerwise.add_argument(
+        "--refine-threshold", type=float, default=0.1, help="DSnoT stops below this expected error (default 0.1)"
+    )
     structured = prune.add_argument_group("structured pruning (--method width or depth)")
     structured.add_argument("--target", default="mlp", choices=["mlp", "heads"], help="width: what to remove")
     structured.add_argument("--ratio", type=float, default=None, help="fraction of channels, heads or layers removed")
@@ -98,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["queries", "kv-groups"],
         help="width heads: the same number of query heads removed in every KV group, or whole KV groups",
     )
-    structured.add_argument("--allocation", default="uniform", help="width: uniform (the same size in every layer)")
+
     prune.add_argument(
         "--eval", default=None, metavar="DATASET", help="perplexity before/after: wikitext2, c4, ptb or a file"
     )
@@ -244,6 +273,16 @@ def _recipe(args: argparse.Namespace) -> object:
         update=args.update,
         blocksize=args.blocksize,
         dampening=args.dampening,
+        allocation=args.allocation,
+        schedule=args.schedule,
+        owl_m=args.owl_m,
+        owl_lambda=args.owl_lambda,
+        nm_allocation=args.nm_allocation,
+        variant=args.variant,
+        ria_alpha=args.ria_alpha,
+        refine=args.refine,
+        refine_skip=args.refine_skip,
+        refine_threshold=args.refine_threshold,
     )
 
 

@@ -230,11 +230,16 @@ def walk(
     *,
     ignore: list[str] | tuple[str, ...] = (),
     true_sequential: bool = False,
+    observe_only: bool = False,
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> WalkReport:
-    """Prune every target of every decoder block of ``model`` in place, block by block."""
+    """Prune every target of every decoder block of ``model`` in place, block by block.
+
+    ``observe_only``: one pass per block of the unchanged model; ``solve`` receives every target's statistics
+    (a layer-wise allocation such as OWL reads the dense model's statistics before pruning).
+    """
     device = torch.device(device)
     blocks_name, blocks = find_blocks(model)
     first_targets = find_targets(blocks[0], f"{blocks_name}.0", ignore) or find_targets(blocks[0], "")
@@ -243,8 +248,8 @@ def walk(
         whole = whole_batch_fits(model, first_targets, input_ids, device)
         batch_size = samples if whole else max(1, samples // 8)
     batch_size = min(batch_size or DEFAULT_BATCH_SIZE, samples)
-    mode = "two-pass"
-    if true_sequential:
+    mode = "observe-only" if observe_only else "two-pass"
+    if true_sequential and not observe_only:
         mode = "one-pass" if batch_size >= samples else "staged"
     report = WalkReport(mode=mode, batch_size=batch_size)
     if mode == "staged":
@@ -267,7 +272,9 @@ def walk(
                 block.to(device)
                 targets = find_targets(block, f"{blocks_name}.{index}", ignore)
                 arguments = {size: per_block[index] for size, per_block in inputs.arguments.items()}
-                step = {"two-pass": _two_pass, "one-pass": _one_pass, "staged": _staged}[mode]
+                step = {"two-pass": _two_pass, "one-pass": _one_pass, "staged": _staged, "observe-only": _observe_only}[
+                    mode
+                ]
                 passes += step(block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds)
                 if device.type != "cpu":
                     block.to("cpu")
@@ -350,6 +357,18 @@ def _observe_pass(block, targets, hidden, arguments, statistics: _Statistics, se
         _pass(block, hidden, arguments, keep=False)
     statistics.end_pass()
     seconds["observe"] += time.perf_counter() - start
+
+
+def _observe_only(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+    statistics = _Statistics(make_observer)
+    start = time.perf_counter()
+    with observing(targets, statistics.feed):
+        _pass(block, hidden, arguments, keep=True)
+    statistics.end_pass()
+    seconds["observe"] += time.perf_counter() - start
+    for target in targets:
+        solve(target, statistics.observer(target))
+    return 1
 
 
 def _two_pass(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001

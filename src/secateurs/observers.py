@@ -19,20 +19,32 @@ class InputNormObserver:
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
         self.sum_squares = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)  # for DSnoT's mean and variance
         self.tokens = 0
 
     def update(self, inputs: torch.Tensor) -> None:
         rows = inputs.reshape(-1, inputs.shape[-1])
         for chunk in rows.split(_CHUNK_ROWS):
-            self.sum_squares += chunk.float().square().sum(0).to(self.sum_squares.device)
+            chunk = chunk.float()
+            self.sum_squares += chunk.square().sum(0).to(self.sum_squares.device)
+            self.sum += chunk.sum(0).to(self.sum.device)
         self.tokens += rows.shape[0]
 
     def merge(self, other: InputNormObserver) -> None:
         self.sum_squares += other.sum_squares.to(self.sum_squares.device)
+        self.sum += other.sum.to(self.sum.device)
         self.tokens += other.tokens
 
     def input_sum_squares(self) -> torch.Tensor:
         return self.sum_squares
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.tokens, 1)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.sum_squares / max(self.tokens, 1) - self.mean.square()).clamp_min(0)
 
     def check_finite(self, layer: str) -> None:
         if not torch.isfinite(self.sum_squares).all():

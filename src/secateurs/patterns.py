@@ -67,14 +67,21 @@ def lowest_mask(score: torch.Tensor, k: int, dim: int | None = None) -> torch.Te
 
 
 def unstructured_mask(score: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
-    """Remove the lowest-scoring weights: ``prune_count(in, sparsity)`` in every row when ``per_row``
-    (Wanda's comparison group), else ``prune_count(numel, sparsity)`` over the whole layer (magnitude).
+    """Remove the lowest-scoring weights, ``prune_count(numel, sparsity)`` of the layer in all: compared within
+    every row when ``per_row`` (Wanda's comparison group; rows lose equal counts, the first rows one more when
+    the count does not divide, so the layer's sparsity is exact at any sparsity), else over the whole layer.
 
     The count is exact, whatever the ties (equal scores go in position order).
     """
-    if per_row:
-        return lowest_mask(score, prune_count(score.shape[1], sparsity), dim=1)
-    return lowest_mask(score, prune_count(score.numel(), sparsity))
+    total = prune_count(score.numel(), sparsity)
+    if not per_row:
+        return lowest_mask(score, total)
+    rows = score.shape[0]
+    base, extra = divmod(total, rows)
+    mask = lowest_mask(score, base, dim=1)
+    if extra:
+        mask[:extra] = lowest_mask(score[:extra], base + 1, dim=1)
+    return mask
 
 
 def check_nm_columns(columns: int, pattern: NMPattern) -> None:

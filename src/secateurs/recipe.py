@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .allocation import OWL_LAMBDA, OWL_M, parse_schedule, read_allocation_file
 from .errors import RecipeError
-from .methods import HESSIAN, UPDATES, get_method
+from .methods import HESSIAN, NORMS, UPDATES, get_method, ria
+from .methods.dsnot import UPDATE_THRESHOLD
 from .patterns import NMPattern, parse_pattern
 
 DEFAULT_SPARSITY = 0.5
@@ -34,6 +37,16 @@ class Recipe:
     update: str | None = None
     blocksize: int = 128
     dampening: float = 0.01
+    allocation: str = "uniform"
+    schedule: str | None = None
+    owl_m: float = OWL_M
+    owl_lambda: float = OWL_LAMBDA
+    nm_allocation: str = "skip"
+    variant: bool = False
+    ria_alpha: float = ria.DEFAULT_ALPHA
+    refine: str | None = None
+    refine_skip: list[str] = field(default_factory=lambda: ["*mlp*"])
+    refine_threshold: float = UPDATE_THRESHOLD
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -62,21 +75,64 @@ class Recipe:
             raise RecipeError(f"blocksize {self.blocksize!r} must be a positive whole number of columns, e.g. 128")
         if not (isinstance(self.dampening, (int, float)) and math.isfinite(self.dampening) and self.dampening > 0):
             raise RecipeError(f"dampening {self.dampening!r} must be a positive fraction of mean(diag H), e.g. 0.01")
+        self._check_allocation(nm)
+        if self.variant and (self.method != "wanda" or nm is not None or self.update is not None):
+            raise RecipeError("--variant is Wanda's per-row threshold search: it needs --method wanda, unstructured")
+        if self.refine is not None:
+            if self.refine != "dsnot":
+                raise RecipeError(f"refinement {self.refine!r} is not known: choose dsnot")
+            if method.score is None or self.update is not None:
+                raise RecipeError(
+                    "--refine dsnot swaps weights of a score's mask (magnitude, wanda, ria); it cannot follow "
+                    "an OBS weight update: drop --refine or choose a score method"
+                )
+        if not (isinstance(self.refine_threshold, (int, float)) and self.refine_threshold >= 0):
+            raise RecipeError(f"refine threshold {self.refine_threshold!r} must be a number >= 0, e.g. 0.1")
         if nm is not None and self.blocksize % nm.m:
             raise RecipeError(
                 f"blocksize {self.blocksize} splits the groups of pattern {nm}: give a multiple of M={nm.m}, e.g. 128"
             )
         self.ignore = list(self.ignore)
 
+    def _check_allocation(self, nm: NMPattern | None) -> None:
+        if self.allocation == "schedule":
+            if self.schedule is None:
+                raise RecipeError("--allocation schedule needs --schedule FIRST:LAST, e.g. 0.4:0.6")
+            if self.sparsity is not None:
+                raise RecipeError("give either --sparsity or --schedule FIRST:LAST: the schedule sets the sparsity")
+            parse_schedule(self.schedule)
+        elif self.schedule is not None:
+            raise RecipeError("--schedule goes with --allocation schedule")
+        elif self.allocation not in ("uniform", "owl"):
+            path = Path(self.allocation)
+            if path.suffix not in (".yaml", ".yml", ".json") or not path.is_file():
+                raise RecipeError(
+                    f"allocation {self.allocation!r} is neither uniform, owl, schedule nor a YAML/JSON file of "
+                    "layer-name globs and sparsities"
+                )
+            read_allocation_file(path)
+        if self.nm_allocation not in ("skip", "mixed"):
+            raise RecipeError(f"--nm-allocation {self.nm_allocation!r}: choose skip or mixed")
+        for name, value in (("owl_m", self.owl_m), ("owl_lambda", self.owl_lambda)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise RecipeError(f"{name} {value!r} must be a positive number")
+
     @property
     def nm_pattern(self) -> NMPattern | None:
         return parse_pattern(self.pattern)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.statistics is not None or self.allocation == "owl"
 
     @property
     def target_sparsity(self) -> float:
         nm = self.nm_pattern
         if nm is not None:
             return nm.sparsity
+        if self.schedule is not None:
+            first, last = parse_schedule(self.schedule)
+            return (first + last) / 2
         return DEFAULT_SPARSITY if self.sparsity is None else float(self.sparsity)
 
     @property
@@ -87,7 +143,10 @@ class Recipe:
     @property
     def statistics(self) -> str | None:
         """What the walk must gather of each layer's inputs: the method's, or the Hessian for an OBS update."""
-        return HESSIAN if self.update is not None else get_method(self.method).statistics
+        if self.update is not None:
+            return HESSIAN
+        statistics = get_method(self.method).statistics
+        return NORMS if statistics is None and self.refine is not None else statistics
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sparsity": self.target_sparsity, "true_sequential": self.sequential}
@@ -95,7 +154,7 @@ class Recipe:
 
 STRUCTURED_METHODS = ("width", "depth")
 WIDTH_TARGETS = ("mlp", "heads")
-WIDTH_SCORES = ("fluctuation", "wanda")
+WIDTH_SCORES = ("fluctuation", "wanda", "obs")
 DEPTH_SCORES = ("perplexity", "block-influence")
 HEAD_GROUPINGS = ("queries", "kv-groups")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import RecipeError
-from . import magnitude, wanda
+from . import magnitude, ria, wanda
 
 NORMS = "norms"  # per-input-feature sum of squares (InputNormObserver)
 HESSIAN = "hessian"  # 2 X^T X / n (HessianObserver)
@@ -40,6 +40,7 @@ class Method:
 METHODS: dict[str, Method] = {
     "magnitude": Method("magnitude", None, magnitude.score),
     "wanda": Method("wanda", NORMS, wanda.score, per_row=True),
+    "ria": Method("ria", NORMS, ria.score, per_row=True),
     "sparsegpt": Method("sparsegpt", HESSIAN, sequential=True),
 }
 

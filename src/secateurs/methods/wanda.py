@@ -14,3 +14,33 @@ def score(weight: torch.Tensor, input_sum_squares: torch.Tensor | None) -> torch
     if input_sum_squares is None:
         raise ValueError("wanda needs the sum of squares of each input feature")
     return weight.abs() * input_sum_squares.sqrt().to(weight.dtype).unsqueeze(0)
+
+
+def variant_mask(score: torch.Tensor, sparsity: float, tolerance: float = 0.001) -> torch.Tensor:
+    """The Wanda paper's variant (its code's ``--use_variant``): in every row, remove the lowest scores whose
+    running sum stays within ``alpha`` times the row's total, with one ``alpha`` per layer found by bisection
+    so that the layer's sparsity is within ``tolerance`` of ``sparsity``. Rows thus lose different counts.
+
+    Returns the keep-mask (True = kept).
+    """
+    ordered = torch.sort(score, dim=1, stable=True)
+    cumulative = torch.cumsum(ordered.values, dim=1)
+    totals = score.sum(dim=1, keepdim=True)
+
+    def mask_for(alpha: float) -> tuple[torch.Tensor, float]:
+        # The threshold is the largest sorted score whose running sum is within alpha of the row total.
+        count = (cumulative <= totals * alpha).sum(dim=1, keepdim=True)
+        threshold = ordered.values.gather(1, (count - 1).clamp_min(0))
+        removed = (score <= threshold) & (count > 0)
+        return ~removed, float(removed.float().mean())
+
+    low, high, alpha = 0.0, 0.8, 0.4
+    keep, achieved = mask_for(alpha)
+    while abs(achieved - sparsity) > tolerance and high - low >= tolerance:
+        if achieved > sparsity:
+            high = alpha
+        else:
+            low = alpha
+        alpha = (low + high) / 2
+        keep, achieved = mask_for(alpha)
+    return keep

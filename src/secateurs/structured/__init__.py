@@ -30,7 +30,7 @@ from .layout import (
     set_input_weight,
     weight_matrix,
 )
-from .width import channel_scores, kept_count, reconstruction_error, refit
+from .width import channel_scores, kept_count, obs_selection, reconstruction_error, refit
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -215,13 +215,41 @@ def _refit_reader(module: nn.Module, observer: MomentObserver, keep: torch.Tenso
 
 def _cut_mlp(layout: MLPLayout, observer: MomentObserver, recipe: StructuredRecipe, kept: int) -> dict[str, Any]:
     name, down = layout.down
-    scores = channel_scores(weight_matrix(down), observer.mean, torch.diagonal(observer.second_moment), recipe.score)
-    keep = torch.topk(scores, kept).indices.sort().values
+    keep = _select(weight_matrix(down), observer, kept, recipe)
     channels = layout.channels
     error = _refit_reader(down, observer, keep, recipe)
     for _, module, parts in layout.up:
         keep_outputs(module, torch.cat([keep + part * channels for part in range(parts)]))
     return {"name": name, "channels": [channels, kept], "reconstruction_error": error}
+
+
+def _select(weight: torch.Tensor, observer: MomentObserver, kept: int, recipe: StructuredRecipe) -> torch.Tensor:
+    """Sorted indices of the ``kept`` input channels of ``weight`` [out, in] to keep."""
+    if recipe.score == "obs":
+        step = max(1, (weight.shape[1] - kept) // 64)  # at most 64 rounds of downdates
+        return obs_selection(weight, observer.second_moment, kept, recipe.dampening, step)
+    scores = channel_scores(weight, observer.mean, torch.diagonal(observer.second_moment), recipe.score)
+    return torch.topk(scores, kept).indices.sort().values
+
+
+def _head_scores(
+    weight: torch.Tensor, observer: MomentObserver, heads: int, head_dim: int, recipe: StructuredRecipe
+) -> torch.Tensor:
+    """Importance of each query head, from the output projection's columns that read it (query head h belongs
+    to KV group h // (heads / kv_heads)). ``obs``: the least-squares loss of removing the head's columns with
+    the others re-fitted, tr(W_B ([A^-1]_BB)^-1 W_B^T); otherwise the sum of its columns' scores."""
+    if recipe.score != "obs":
+        columns = channel_scores(weight, observer.mean, torch.diagonal(observer.second_moment), recipe.score)
+        return columns.view(heads, head_dim).sum(-1)
+    A = observer.second_moment.float()
+    A = A + recipe.dampening * torch.diagonal(A).mean().clamp_min(1e-8) * torch.eye(A.shape[0], device=A.device)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(A))
+    losses = []
+    for head in range(heads):
+        block = slice(head * head_dim, (head + 1) * head_dim)
+        W = weight[:, block].float()
+        losses.append(torch.trace(W @ torch.linalg.solve(inverse[block, block], W.t())))
+    return torch.stack(losses)
 
 
 def _cut_heads(
@@ -230,8 +258,7 @@ def _cut_heads(
     name, out = layout.out
     heads, kv_heads, head_dim = layout.heads, layout.kv_heads, layout.head_dim
     group = heads // kv_heads
-    columns = channel_scores(weight_matrix(out), observer.mean, torch.diagonal(observer.second_moment), recipe.score)
-    head_scores = columns.view(kv_heads, group, head_dim).sum(-1)  # query head h belongs to KV group h // group
+    head_scores = _head_scores(weight_matrix(out), observer, heads, head_dim, recipe).view(kv_heads, group)
     if sizes["kv_heads"] == kv_heads:  # query heads within every group
         kept_in_group = torch.topk(head_scores, sizes["heads"] // kv_heads, dim=1).indices.sort(dim=1).values
         kept_heads = (kept_in_group + torch.arange(kv_heads).unsqueeze(1) * group).flatten()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-SCORES = ("fluctuation", "wanda")
+SCORES = ("fluctuation", "wanda", "obs")
 
 
 def channel_scores(
@@ -26,7 +26,41 @@ def channel_scores(
         return column_norms_squared * variance
     if metric == "wanda":
         return column_norms_squared.sqrt() * second_moment_diagonal.clamp_min(0).sqrt()
+    if metric == "obs":
+        raise ValueError("the obs score chooses channels jointly: use obs_selection")
     raise ValueError(f"unknown channel score {metric!r}: choose one of {', '.join(SCORES)}")
+
+
+def obs_selection(
+    weight: torch.Tensor, second_moment: torch.Tensor, kept: int, dampening: float = 0.01, step: int = 1
+) -> torch.Tensor:
+    """Input channels to keep, chosen by greedy backward elimination on the least-squares objective (the OBS
+    criterion for a whole column, as ZipLM and OSSCAR's local search use it): repeatedly remove the channel j
+    whose loss with the others optimally re-fitted, ||W_:j||^2 / [A^-1]_jj, is smallest, then compensate the
+    remaining columns and downdate A^-1. ``step`` channels go per round (faster on wide layers).
+
+    Returns the sorted indices of the ``kept`` channels.
+    """
+    W = weight.float().clone()
+    A = second_moment.float()
+    A = A + dampening * torch.diagonal(A).mean().clamp_min(1e-8) * torch.eye(A.shape[0], device=A.device)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(A))
+    alive = torch.ones(A.shape[0], dtype=torch.bool, device=A.device)
+    for _ in range(0, A.shape[0] - kept, step):
+        count = min(step, int(alive.sum()) - kept)
+        diagonal = torch.diagonal(inverse)
+        loss = W.square().sum(0) / diagonal.clamp_min(1e-30)
+        loss[~alive] = torch.inf
+        for j in torch.topk(loss, count, largest=False).indices.tolist():
+            # remove column j: the others absorb its output (OBS update), and A^-1 loses row and column j
+            pivot = inverse[j, j]
+            W -= torch.outer(W[:, j], inverse[j]) / pivot
+            inverse -= torch.outer(inverse[:, j], inverse[j]) / pivot
+            alive[j] = False
+            inverse[j, :] = 0
+            inverse[:, j] = 0
+            inverse[j, j] = 1  # inert: keeps the diagonal positive for the next round's division
+    return alive.nonzero().flatten()
 
 
 def kept_count(total: int, ratio: float, multiple: int = 1) -> int:
