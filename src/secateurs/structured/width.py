@@ -82,10 +82,11 @@ def refit(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Least-squares re-fit of ``weight`` [out, in] on the kept input channels ``keep`` (indices).
 
-    Minimizes E||W x + b - W' x_K - b'||^2 over the calibration inputs: W' = W A_:K (A_KK + lambda I)^-1 with
-    A = E[x x^T]; with a bias, A is the covariance and the bias absorbs the mean of what was removed,
-    b' = b + W mu - W' mu_K (OSSCAR/FLAP-style reconstruction with bias compensation). ``dampening`` lambda
-    is a fraction of mean(diag A_KK), for removed channels that the kept ones nearly repeat.
+    Minimizes E||W x + b - W' x_K - b'||^2 + lambda ||W' - W_:K||^2 over the calibration inputs:
+    W' = (W A_:K + lambda W_:K) (A_KK + lambda I)^-1 with A = E[x x^T]; with a bias, A is the covariance and the
+    bias absorbs the mean of what was removed, b' = b + W mu - W' mu_K (OSSCAR/FLAP-style reconstruction with bias
+    compensation). The ridge pulls toward plain removal (W_:K), not toward zero, so the re-fit is never worse than
+    plain removal on the calibration data; lambda is ``dampening`` times mean(diag A_KK).
     Returns (W' [out, |K|] float32, b' or None).
     """
     W = weight.float()
@@ -93,8 +94,9 @@ def refit(
     if bias is not None:
         A = A - torch.outer(mean, mean)
     A_keep = A.index_select(0, keep).index_select(1, keep)
-    A_keep = A_keep + dampening * torch.diagonal(A_keep).mean().clamp_min(1e-8) * torch.eye(len(keep), device=A.device)
-    right = W @ A.index_select(1, keep)  # [out, |K|]
+    ridge = dampening * torch.diagonal(A_keep).mean().clamp_min(1e-8)
+    A_keep = A_keep + ridge * torch.eye(len(keep), device=A.device)
+    right = W @ A.index_select(1, keep) + ridge * W.index_select(1, keep)  # [out, |K|]
     factor = torch.linalg.cholesky(A_keep)
     refitted = torch.cholesky_solve(right.t(), factor).t()
     if bias is None:
