@@ -163,6 +163,16 @@ def run_eval(folder: str) -> dict:
     return {"ppl": _eval(model, tokenizer)}
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX); elsewhere torch emulates it, many
+    times slower than float32, and a bfloat16 timing says nothing about the method."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def run_floor() -> dict:
     """The cost floor: float32 forward passes of the calibration set through the blocks (no hooks)."""
     import torch
@@ -173,14 +183,13 @@ def run_floor() -> dict:
 
     torch.set_num_threads(THREADS)
     calibration = load_file(str(CALIB))["input_ids"]
-    floor = {}
-    for dtype, batch in (
-        ("float32", 16),
-        ("float32", 4),
-        ("float32", NSAMPLES),
-        ("bfloat16", 16),
-        ("bfloat16", NSAMPLES),
-    ):
+    floor: dict = {}
+    runs = [("float32", 16), ("float32", 4), ("float32", NSAMPLES)]
+    if native_bfloat16():
+        runs += [("bfloat16", 16), ("bfloat16", NSAMPLES)]
+    else:
+        floor["bfloat16"] = "not measured: this CPU has no native bfloat16 (torch emulates it)"
+    for dtype, batch in runs:
         model, _ = load_model(MODEL, dtype)
         _, blocks = find_blocks(model)
         with torch.no_grad():
@@ -212,6 +221,8 @@ def main() -> None:
         sys.exit(f"{GGUF} not found: set SECATEURS_SHARED to the folder holding models/ and data/")
 
     names = [n for name in (args.only or list(GROUPS)) for n in GROUPS.get(name, [name])]
+    if not native_bfloat16():
+        names = [n for n in names if SECATEURS.get(n, {}).get("dtype") != "bfloat16"]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     _child("--step", "prepare")
     for name in names:
