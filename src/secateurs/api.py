@@ -101,6 +101,7 @@ def prune(
         plan = plans.get(target.name) or default_plan(recipe)
         refine = not any(fnmatchcase(target.name, glob) for glob in recipe.refine_skip)
         solution = solve_weight(weight, recipe, observer, plan, refine=refine)
+        original = weight.clone() if observer is not None else None
         if solution.weight is not None:
             weight.copy_(solution.weight)
         weight.masked_fill_(~solution.mask, 0)
@@ -115,6 +116,8 @@ def prune(
             note = f"Hessian not positive definite: dampening raised to {solution.dampening:g}"
         if solution.dead_inputs:
             layer["dead_inputs"] = solution.dead_inputs
+        if original is not None:
+            layer["reconstruction_error"] = observer.relative_error(original, weight)
         if note:
             layer["note"] = note
         layers.append(layer)

@@ -12,6 +12,8 @@ from .errors import NumericalError
 
 # Rows per step: bounds the float32 temporary when squaring a large activation.
 _CHUNK_ROWS = 8192
+# Input rows kept to measure a layer's reconstruction error when only norms are streamed (Wanda's statistics).
+SAMPLE_ROWS = 256
 
 
 class InputNormObserver:
@@ -21,9 +23,12 @@ class InputNormObserver:
         self.sum_squares = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)  # for DSnoT's mean and variance
         self.tokens = 0
+        self.sample: torch.Tensor | None = None
 
     def update(self, inputs: torch.Tensor) -> None:
         rows = inputs.reshape(-1, inputs.shape[-1])
+        if self.sample is None:  # rows spread over the first batch's positions, for the reconstruction error
+            self.sample = rows[:: max(1, rows.shape[0] // SAMPLE_ROWS)][:SAMPLE_ROWS].float().clone()
         for chunk in rows.split(_CHUNK_ROWS):
             chunk = chunk.float()
             self.sum_squares += chunk.square().sum(0).to(self.sum_squares.device)
@@ -49,6 +54,14 @@ class InputNormObserver:
     def check_finite(self, layer: str) -> None:
         if not torch.isfinite(self.sum_squares).all():
             raise NumericalError(_not_finite(layer))
+
+    def relative_error(self, weight: torch.Tensor, pruned: torch.Tensor) -> float | None:
+        """||(W - W') X|| / ||W X|| on the sampled input rows."""
+        if self.sample is None:
+            return None
+        x = self.sample.to(weight.device)
+        reference = float(torch.linalg.norm(x @ weight.float().t()))
+        return float(torch.linalg.norm(x @ (weight.float() - pruned.float()).t())) / max(reference, 1e-30)
 
 
 class HessianObserver:
@@ -89,6 +102,14 @@ class HessianObserver:
     def check_finite(self, layer: str) -> None:
         if not torch.isfinite(self.hessian).all():
             raise NumericalError(_not_finite(layer))
+
+    def relative_error(self, weight: torch.Tensor, pruned: torch.Tensor) -> float:
+        """||(W - W') X|| / ||W X|| over every calibration token, exactly: sqrt(tr(dW H dW^T) / tr(W H W^T))."""
+        hessian = self.hessian.to(weight.device)
+        delta = weight.float() - pruned.float()
+        error = (delta @ hessian * delta).sum()
+        reference = (weight.float() @ hessian * weight.float()).sum()
+        return float((error.clamp_min(0) / reference.clamp_min(1e-30)).sqrt())
 
 
 def _not_finite(layer: str) -> str:
