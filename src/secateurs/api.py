@@ -3,8 +3,9 @@ CLI runs: load, calibrate, prune, evaluate, save) and ``run_evaluation`` (perple
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from . import data as data_module
+from . import distributed
 from .allocation import (
     file_sparsity,
     mixed_nm,
@@ -22,15 +24,18 @@ from .allocation import (
     read_allocation_file,
     schedule_sparsities,
 )
-from .engine import walk
-from .errors import CalibrationError, NumericalError, OutputError, RecipeError
+from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
+from .engine import BlockStore, available_memory, walk
+from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
 from .evaluate import perplexity
 from .evaluate.zero_shot import check_options, load_tasks, zero_shot
 from .export import check_output_folder, save_checkpoint, save_packed
+from .export.hf import REPORT_NAME, write_folder_atomically
 from .methods import HESSIAN, get_method, wanda
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
 from .models.load import check_causal_lm
 from .observers import HessianObserver, InputNormObserver
+from .offload import DiskBlocks, model_bytes_on_disk, open_offloaded
 from .recipe import Recipe, StructuredRecipe
 from .report import machine, peak_cuda_mib, peak_rss_mib, versions
 from .report_md import write_markdown_report
@@ -58,6 +63,9 @@ def prune(
     batch_size: int | None = None,
     hessians_on_cpu: bool = False,
     progress: bool = True,
+    state: WalkState | None = None,
+    store: BlockStore | None = None,
+    reduce: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` in place as ``recipe`` says and return the report.
 
@@ -65,7 +73,9 @@ def prune(
     that read activations (Wanda, SparseGPT, the OBS updates) need it, magnitude does not. Only one block
     at a time is moved to ``device``; the model is returned to the CPU. ``hessians_on_cpu`` keeps the
     Hessians of the block's Linears on the CPU while the calibration data flows (only the one being solved
-    goes to ``device``).
+    goes to ``device``). ``state`` makes the walk resumable (see ``secateurs.checkpoint``); ``store`` reads
+    and drops each block's weights (``secateurs.offload``: a model larger than memory); ``reduce`` sums each
+    observer's statistics over the ranks of a distributed run (``secateurs.distributed``).
     """
     check_causal_lm(model)
     if isinstance(recipe, StructuredRecipe):
@@ -76,15 +86,16 @@ def prune(
     targets = _all_targets(model, recipe)
     if not targets:
         raise RecipeError("no layer is left to prune: the --ignore patterns match every weight")
-    _check_finite_weights(model, targets)
+    if store is None:  # an offloaded model's weights are checked as they are read
+        _check_finite_weights(model, targets)
     if recipe.needs_calibration and calibration is None:
         raise CalibrationError(
             f"{method.name}{' with --update' if recipe.update else ''}"
             f"{' with OWL' if recipe.allocation == 'owl' else ''} reads calibration activations: give calibration data"
         )
     start = time.perf_counter()
-    plans, allocation = layer_plans(model, recipe, calibration, device, batch_size, progress)
-    layers: list[dict[str, Any]] = []
+    plans, allocation = layer_plans(model, recipe, calibration, device, batch_size, progress, store, reduce)
+    layers: list[dict[str, Any]] = state.layers if state is not None else []
     observer_class = HessianObserver if statistics == HESSIAN else InputNormObserver
 
     def make_observer(target: Target) -> InputNormObserver | HessianObserver:
@@ -134,6 +145,9 @@ def prune(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            state=state,
+            store=store,
+            reduce=reduce,
         )
         walk_info = {
             "mode": info.mode,
@@ -142,10 +156,20 @@ def prune(
             "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
             "notes": info.notes,
         }
-    else:
+    elif store is None:
         with torch.no_grad():
             for target in targets:
                 solve(target, None)
+    else:  # magnitude, offloaded: each block read, pruned, written
+        blocks_name, blocks = find_blocks(model)
+        with torch.no_grad():
+            for index, block in enumerate(blocks):
+                store.load(index, block)
+                for target in find_targets(block, f"{blocks_name}.{index}", recipe.ignore):
+                    solve(target, None)
+                if state is not None:
+                    state.save_block(index, f"{blocks_name}.{index}", block, [])
+                store.release(index, block)
     seconds = time.perf_counter() - start
     total = sum(layer["shape"][0] * layer["shape"][1] for layer in layers)
     zeros = sum(layer["sparsity"] * layer["shape"][0] * layer["shape"][1] for layer in layers)
@@ -171,6 +195,8 @@ def layer_plans(
     device: torch.device,
     batch_size: int | None,
     progress: bool,
+    store: BlockStore | None = None,
+    reduce: Callable[[Any], None] | None = None,
 ) -> tuple[dict[str, LayerPlan], dict[str, Any]]:
     """Each target's sparsity and pattern under the recipe's allocation (empty: the recipe's, everywhere),
     and what the report says of it."""
@@ -189,7 +215,7 @@ def layer_plans(
     if recipe.allocation == "schedule":
         block_sparsity = schedule_sparsities(*parse_schedule(recipe.schedule), len(blocks))
     elif recipe.allocation == "owl":
-        ratios = owl_outlier_ratios(model, recipe, calibration, by_block, device, batch_size, progress)
+        ratios = owl_outlier_ratios(model, recipe, calibration, device, batch_size, progress, store, reduce)
         sizes = [sum(t.weight().numel() for t in targets) for targets in by_block]
         target = recipe.sparsity if recipe.sparsity is not None else recipe.target_sparsity
         block_sparsity = owl_sparsities(ratios, sizes, target, recipe.owl_lambda)
@@ -213,37 +239,57 @@ def owl_outlier_ratios(
     model: nn.Module,
     recipe: Recipe,
     calibration: torch.Tensor,
-    by_block: list[list[Target]],
     device: torch.device,
     batch_size: int | None,
     progress: bool,
+    store: BlockStore | None = None,
+    reduce: Callable[[Any], None] | None = None,
 ) -> list[float]:
     """OWL's layer outlier ratio: the fraction of a block's Wanda scores above M times the block's mean score,
-    from one observing pass over the dense model."""
-    norms: dict[str, torch.Tensor] = {}
+    from one observing pass over the dense model (scored while each block's weights are at hand)."""
+    ratios: dict[str, float] = {}
+    current: dict[str, Any] = {"block": None, "scores": []}
 
-    def keep_norms(target: Target, observer: InputNormObserver | None) -> None:
-        norms[target.name] = observer.sum_squares if observer is not None and observer.tokens else None
+    def finish_block() -> None:
+        scores = current["scores"]
+        if current["block"] is None:
+            return
+        total = sum(score.numel() for score in scores)
+        mean = sum(float(score.sum()) for score in scores) / max(total, 1)
+        outliers = sum(int((score > recipe.owl_m * mean).sum()) for score in scores)
+        ratios[current["block"]] = outlier_ratio(outliers, total)
+
+    def score_target(target: Target, observer: InputNormObserver | None) -> None:
+        block = _block_of(target.name)
+        if block != current["block"]:
+            finish_block()
+            current.update(block=block, scores=[])
+        if observer is not None and observer.tokens:
+            current["scores"].append(wanda.score(target.weight().float(), observer.sum_squares))
 
     walk(
         model,
         calibration,
         lambda target: InputNormObserver(target.in_features, target.weight().device),
-        keep_norms,
+        score_target,
         ignore=recipe.ignore,
         observe_only=True,
         batch_size=batch_size,
         device=device,
         progress=progress,
+        store=store,
+        reduce=reduce,
     )
-    ratios = []
-    for targets in by_block:
-        scores = [wanda.score(t.weight().float(), norms[t.name]) for t in targets if norms[t.name] is not None]
-        total = sum(score.numel() for score in scores)
-        mean = sum(float(score.sum()) for score in scores) / max(total, 1)
-        outliers = sum(int((score > recipe.owl_m * mean).sum()) for score in scores)
-        ratios.append(outlier_ratio(outliers, total))
-    return ratios
+    finish_block()
+    blocks_name, blocks = find_blocks(model)
+    return [ratios.get(f"{blocks_name}.{i}", 0.0) for i in range(len(blocks))]
+
+
+def _block_of(name: str) -> str:
+    """``model.layers.3.mlp.up_proj`` -> ``model.layers.3``: the block a target belongs to."""
+    parts = name.split(".")
+    index = next(i for i, part in enumerate(parts) if part.isdigit())
+    return ".".join(parts[: index + 1])
 
 
 def _prune_structured(
@@ -305,23 +351,41 @@ def run_prune(
     overwrite: bool = False,
     trust_pickle: bool = False,
     progress: bool = True,
+    resume: bool = False,
     checkpoint_format: str = "hf",
+    offload: str = "none",
 ) -> dict[str, Any]:
     """Load ``model_source``, prune it, optionally evaluate, and save it to ``out``; returns the report
     (also written as ``out/secateurs.json``). ``checkpoint_format``: ``hf`` (what ``from_pretrained`` reads)
-    or ``packed`` (pruned weights compressed, see ``secateurs.export.packed``). Every argument is checked
-    before the long work starts."""
+    or ``packed`` (pruned weights compressed, see ``secateurs.export.packed``). ``offload``: ``disk`` reads each
+    block from the source shards in turn (``secateurs.offload``), ``auto`` when the model is larger than free
+    memory, ``none``. Every argument is checked before the long work starts."""
     if checkpoint_format not in ("hf", "packed"):
         raise OutputError(f"checkpoint format {checkpoint_format!r} is not known: choose hf or packed")
     out_path = check_output_folder(out, overwrite, source=model_source)
     torch_device = resolve_device(device)
     resolve_dtype(dtype)
+    if resume and isinstance(recipe, StructuredRecipe):
+        raise RecipeError("--resume continues sparse pruning; structured pruning restarts: run without --resume")
+    if resume and not has_state(out_path):
+        raise ResumeError(f"nothing to resume for {out_path} (no {state_folder(out_path).name}): run without --resume")
+    offloaded = _offloaded(offload, model_source, dtype, recipe, eval_dataset, checkpoint_format)
+    ranks = distributed.from_environment(torch_device)
+    if ranks is not None:
+        if isinstance(recipe, StructuredRecipe):
+            raise RecipeError("structured pruning runs in one process: run it without torchrun or --workers")
+        torch_device = ranks.device(torch_device)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     needs_calibration = isinstance(recipe, StructuredRecipe) or recipe.needs_calibration
     corpus = data_module.load_corpus(calib) if needs_calibration else None
-    model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
+    store = None
+    if offloaded:
+        model, tokenizer, folder = open_offloaded(model_source, resolve_dtype(dtype))
+        store = DiskBlocks(model, folder, resolve_dtype(dtype), torch_device)
+    else:
+        model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
     timings["load"] = time.perf_counter() - start
 
     calibration = None
@@ -329,10 +393,11 @@ def run_prune(
         start = time.perf_counter()
         calibration = data_module.calibration_windows(corpus, tokenizer, nsamples, seqlen, seed)
         timings["calibration_data"] = time.perf_counter() - start
+    share = ranks.share(calibration) if ranks is not None and calibration is not None else calibration
 
     result: dict[str, Any] = {}
     eval_ids = None
-    if eval_dataset:
+    if eval_dataset and (ranks is None or ranks.is_writer):
         start = time.perf_counter()
         eval_ids = data_module.evaluation_ids(eval_dataset, tokenizer, eval_seqlen)
         model.to(torch_device)
@@ -342,17 +407,44 @@ def run_prune(
         model.to("cpu")
         timings["eval_before"] = time.perf_counter() - start
 
+    state = None
+    if isinstance(recipe, Recipe) and (recipe.statistics is not None or offloaded):
+        key = fingerprint(
+            ranks=None if ranks is None else [ranks.rank, ranks.world],
+            offloaded=offloaded,
+            source=source_identity(model_source),
+            recipe=recipe.to_dict(),
+            calibration=calibration,
+            dtype=dtype,
+            device=torch_device.type,
+            batch_size=batch_size,
+            hessians_on_cpu=hessians_on_cpu,
+        )
+        folder = state_folder(out_path) if ranks is None else state_folder(out_path) / f"rank-{ranks.rank}"
+        state = WalkState(folder, key, [])
+        state.load() if resume else state.start()
+        state.extra["restore_blocks"] = not offloaded  # offloaded blocks stay on disk, in the state's files
     report = prune(
         model,
         recipe,
-        calibration,
+        share,
         device=torch_device,
         batch_size=batch_size,
         hessians_on_cpu=hessians_on_cpu,
-        progress=progress,
+        progress=progress and (ranks is None or ranks.is_writer),
+        state=state,
+        store=store,
+        reduce=None if ranks is None else lambda observer: observer.all_reduce(),
     )
     timings["prune"] = report["prune_seconds"]
     peak_after_prune = peak_rss_mib()
+    if ranks is not None:
+        report["ranks"] = ranks.world
+        report["peak_rss_mib_per_rank"] = ranks.gather(peak_after_prune)
+        if not ranks.is_writer:  # every rank holds the same pruned weights; rank 0 writes them
+            if state is not None:
+                state.finish()
+            return report
 
     if eval_ids is not None:
         start = time.perf_counter()
@@ -379,9 +471,17 @@ def run_prune(
         }
     )
     start = time.perf_counter()
-    if checkpoint_format == "packed":
+    if offloaded:
+        report["offload"] = "disk"
+        _save_offloaded(store, state, tokenizer, out_path, {**report, "seconds": timings})
+    elif checkpoint_format == "packed":
         save_packed(
-            model, tokenizer, out_path, {**report, "seconds": timings}, pattern=recipe.pattern, overwrite=overwrite
+            model,
+            tokenizer,
+            out_path,
+            {**report, "seconds": timings},
+            pattern=getattr(recipe, "pattern", "unstructured"),
+            overwrite=overwrite,
         )
     else:
         save_checkpoint(model, tokenizer, out_path, {**report, "seconds": timings}, overwrite)
@@ -390,9 +490,56 @@ def run_prune(
     report["peak_rss_mib"] = peak_rss_mib()
     report["weight_file_bytes"] = sum(path.stat().st_size for path in out_path.glob("*.safetensors"))
     # the saved report gets the save time too
-    (out_path / "secateurs.json").write_text(__import__("json").dumps(report, indent=2) + "\n")
+    (out_path / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     write_markdown_report(report, out_path)
+    if state is not None:
+        state.finish()
     return report
+
+
+def _offloaded(
+    offload: str, source: str, dtype: str, recipe: Recipe | StructuredRecipe, evaluation: str | None, format: str
+) -> bool:
+    """Whether to stream the blocks from disk; refuses what an offloaded run cannot do, before any work."""
+    if offload not in ("none", "disk", "auto"):
+        raise RecipeError(f"--offload {offload!r} is not known: choose none, disk or auto")
+    if offload == "none":
+        return False
+    if offload == "auto":
+        folder = Path(source).expanduser()
+        if not folder.is_dir() or model_bytes_on_disk(folder) * _dtype_ratio(source, dtype) < 0.8 * available_memory():
+            return False
+    blockers = [
+        (isinstance(recipe, StructuredRecipe), "structured pruning rebuilds modules in memory"),
+        (evaluation is not None, "--eval needs the whole model in memory: evaluate the output with secateurs eval"),
+        (format != "hf", "--format packed needs the whole model: run secateurs pack on the output"),
+    ]
+    for blocked, why in blockers:
+        if blocked:
+            raise RecipeError(f"--offload disk: {why}")
+    return True
+
+
+def _dtype_ratio(source: str, dtype: str) -> float:
+    """Bytes in memory per byte on disk: a float32 checkpoint pruned in bfloat16 takes half."""
+    config = Path(source).expanduser() / "config.json"
+    if not config.is_file():
+        return 1.0
+    document = json.loads(config.read_text())
+    stored = document.get("dtype") or document.get("torch_dtype")
+    sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+    return sizes.get(dtype, 4) / sizes.get(str(stored), 4)
+
+
+def _save_offloaded(store: DiskBlocks, state: WalkState, tokenizer: Any, out: Path, report: dict[str, Any]) -> None:
+    def fill(partial: Path) -> None:
+        store.write_output(partial, state.folder, state.blocks_done)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
+        (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        write_markdown_report(report, partial)
+
+    write_folder_atomically(out, fill)
 
 
 def run_evaluation(

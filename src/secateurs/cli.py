@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickle (.bin) checkpoints")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="c4", help="c4, wikitext2, ptb, builtin, or a .txt/.jsonl file")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per step")
+    parser.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (warm-up, cosine decay)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between resumable checkpoints")
+    parser.add_argument("--resume", action="store_true", help="go on from the last checkpoint of the same command")
+    parser.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--eval", default=None, metavar="DATASET", help="perplexity before/after")
+    parser.add_argument("--eval-seqlen", type=int, default=2048)
+    parser.add_argument("--eval-windows", type=int, default=None)
+    _add_common(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    prune.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the calibration (torch.distributed: gloo on CPU, NCCL with one GPU each); "
+        "the same as torchrun --nproc-per-node N -m secateurs prune ...",
+    )
+    prune.add_argument(
+        "--offload",
+        default="auto",
+        choices=["none", "disk", "auto"],
+        help="disk: read each block from the source's safetensors shards in turn, for models larger than memory "
+        "(auto: when the model is larger than free memory; default auto)",
+    )
+    prune.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the last finished block of an interrupted run of the same command (state kept beside --out)",
+    )
     prune.add_argument(
         "--ignore",
         nargs="+",
@@ -191,6 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(sweep)
 
+    finetune = commands.add_parser("finetune", help="LoRA fine-tuning of a pruned model that keeps its zeros")
+    finetune.add_argument("model", help="a pruned model folder (or any model)")
+    finetune.add_argument("--lora-rank", type=int, default=8)
+    finetune.add_argument("--lora-alpha", type=float, default=None, help="default: twice the rank")
+    _add_training(finetune)
+
+    train_prune = commands.add_parser("train-prune", help="prune while training: gradual, movement or iterative")
+    train_prune.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
+    train_prune.add_argument("--schedule", default="gradual", choices=["gradual", "iterative"])
+    train_prune.add_argument(
+        "--method",
+        default="magnitude",
+        help="gradual: magnitude or movement; iterative: the one-shot method of each round (magnitude, wanda, ria, "
+        "sparsegpt); default magnitude",
+    )
+    train_prune.add_argument("--final-sparsity", type=float, default=0.5)
+    train_prune.add_argument("--rounds", type=int, default=3, help="iterative: prune-and-fine-tune rounds")
+    train_prune.add_argument("--prune-every", type=int, default=None, help="gradual: steps between mask updates")
+    _add_training(train_prune)
+
     pack = commands.add_parser("pack", help="store a pruned HF folder's pruned weights compressed")
     pack.add_argument("model", help="a Hugging Face model folder (a pruned one)")
     pack.add_argument("out", help="output folder (must not exist, or be empty)")
@@ -246,6 +303,41 @@ def _limit(text: str) -> int | float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     return int(value) if value >= 1 and value.is_integer() else value
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .recover import run_training
+
+    options = {
+        "finetune": {"lora_rank": getattr(args, "lora_rank", 8), "lora_alpha": getattr(args, "lora_alpha", None)},
+        "train-prune": {
+            key: getattr(args, key, None) for key in ("schedule", "method", "final_sparsity", "rounds", "prune_every")
+        },
+    }[args.command]
+    report = run_training(
+        args.command,
+        args.model,
+        args.out,
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seqlen=args.seqlen,
+        lr=args.lr,
+        seed=args.seed,
+        eval_dataset=args.eval,
+        eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.quiet,
+        **options,
+    )
+    keys = ("sparsity", "perplexity_before", "perplexity_after", "peak_rss_mib")
+    summary = {key: report[key] for key in keys if report.get(key) is not None}
+    print(json.dumps({"out": str(args.out), "final_loss": report["losses"][-1], **summary}))
 
 
 def _recipe(args: argparse.Namespace) -> object:
@@ -308,6 +400,8 @@ def _prune(args: argparse.Namespace) -> None:
         trust_pickle=args.trust_pickle,
         progress=not args.quiet,
         checkpoint_format=args.format,
+        resume=args.resume,
+        offload=args.offload,
     )
     keys = (
         "sparsity",
@@ -433,7 +527,12 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if getattr(args, "workers", 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from .distributed import launch, without_workers
+
+        return launch(args.workers, without_workers(argv))
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.quiet:
@@ -442,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         transformers_logging.disable_progress_bar()
     try:
         commands = {
+            "finetune": _train,
+            "train-prune": _train,
             "prune": _prune,
             "eval": _evaluate,
             "sweep": _sweep,
@@ -451,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         commands[args.command](args)
     except SecateursError as error:
-        print(f"secateurs: error: {error}", file=sys.stderr)
+        print(f"secateurs: error: {error}{_resumable(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command == "sweep":
@@ -460,9 +561,32 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         else:
-            print("secateurs: interrupted; no output was written", file=sys.stderr)
+            print(f"secateurs: interrupted; no output was written{_resumable(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _resumable(args: argparse.Namespace) -> str:
+    """What an interrupted or failed prune or training left to resume from, if anything."""
+    if args.command in ("finetune", "train-prune"):
+        from .recover import training_folder
+
+        state = training_folder(Path(args.out).expanduser().resolve()) / "train-state.json"
+        if not state.is_file():
+            return ""
+        step = json.loads(state.read_text())["step"]
+        return f" (a checkpoint at step {step} is saved: run the same command with --resume to go on from there)"
+    if args.command != "prune":
+        return ""
+    from .checkpoint import state_folder
+
+    state = state_folder(Path(args.out).expanduser().resolve()) / "state.json"
+    if not state.is_file():
+        return ""
+    blocks = json.loads(state.read_text()).get("blocks_done", 0)
+    if not blocks:
+        return ""
+    return f" ({blocks} pruned blocks are saved: run the same command with --resume to go on from there)"
 
 
 if __name__ == "__main__":

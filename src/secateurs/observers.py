@@ -17,11 +17,15 @@ SAMPLE_ROWS = 256
 
 
 class InputNormObserver:
-    """Sum over calibration tokens of x_j^2 for each input feature j (Wanda's ||X_j||_2^2), in float32."""
+    """Sum over calibration tokens of x_j^2 for each input feature j (Wanda's ||X_j||_2^2).
+
+    Each batch is summed in float32 and accumulated in float64, so that the order in which batches (or ranks)
+    are added does not change the result at float32 precision.
+    """
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
-        self.sum_squares = torch.zeros(in_features, dtype=torch.float32, device=device)
-        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)  # for DSnoT's mean and variance
+        self.sum_squares = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(in_features, dtype=torch.float64, device=device)  # for DSnoT's mean and variance
         self.tokens = 0
         self.sample: torch.Tensor | None = None
 
@@ -41,15 +45,23 @@ class InputNormObserver:
         self.tokens += other.tokens
 
     def input_sum_squares(self) -> torch.Tensor:
-        return self.sum_squares
+        return self.sum_squares.float()
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.sum / max(self.tokens, 1)
+        return (self.sum / max(self.tokens, 1)).float()
 
     @property
     def variance(self) -> torch.Tensor:
-        return (self.sum_squares / max(self.tokens, 1) - self.mean.square()).clamp_min(0)
+        return (self.sum_squares / max(self.tokens, 1) - (self.sum / max(self.tokens, 1)).square()).clamp_min(0).float()
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of every rank (torch.distributed): each rank saw its share of the calibration."""
+        import torch.distributed as dist
+
+        for tensor in (self.sum_squares, self.sum):
+            dist.all_reduce(tensor)
+        self.tokens = _all_reduce_count(self.tokens, self.sum.device)
 
     def check_finite(self, layer: str) -> None:
         if not torch.isfinite(self.sum_squares).all():
@@ -95,6 +107,16 @@ class HessianObserver:
             )
         self.tokens = total
 
+    def all_reduce(self) -> None:
+        """The mean over every rank's tokens: sum of H_r n_r, divided by the total count."""
+        import torch.distributed as dist
+
+        total = _all_reduce_count(self.tokens, self.hessian.device)
+        self.hessian.mul_(self.tokens)
+        dist.all_reduce(self.hessian)
+        self.hessian.div_(max(total, 1))
+        self.tokens = total
+
     def input_sum_squares(self) -> torch.Tensor:
         """sum over tokens of x_j^2, read off the diagonal (H_jj = 2 sum x_j^2 / n): Wanda's statistic."""
         return torch.diagonal(self.hessian) * (self.tokens / 2.0)
@@ -110,6 +132,14 @@ class HessianObserver:
         error = (delta @ hessian * delta).sum()
         reference = (weight.float() @ hessian * weight.float()).sum()
         return float((error.clamp_min(0) / reference.clamp_min(1e-30)).sqrt())
+
+
+def _all_reduce_count(count: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total)
 
 
 def _not_finite(layer: str) -> str:
@@ -135,6 +165,12 @@ class MomentObserver(HessianObserver):
     def merge(self, other: HessianObserver) -> None:
         super().merge(other)
         self.sum += other.sum.to(self.sum.device)
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(self.sum)
+        super().all_reduce()
 
     @property
     def mean(self) -> torch.Tensor:

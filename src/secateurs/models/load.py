@@ -66,6 +66,8 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     text = str(source)
+    if not text.strip():
+        raise ModelLoadError("the model path is empty: give a model folder, a .gguf file or a hub id")
     path = Path(text).expanduser()
     kwargs: dict = {}
     if text.lower().endswith(".gguf"):
