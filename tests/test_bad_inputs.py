@@ -65,7 +65,7 @@ pytestmark = pytest.mark.bad_input
         (["--method", "pruneall"], "unknown method"),
         (["--calib", "no-such-file.txt"], "neither a file nor a named set"),
         (["--method", "width", "--ratio", "1.5"], "outside [0, 1)"),
-        (["--method", "depth", "--remove", "2"], "at least one"),
+        (["--method", "depth", "--remove", "2"], "leaves none"),
         (["--update", "obs-seq", "--method", "sparsegpt"], "drop --update"),
         (["--allocation", "schedule"], "--schedule"),
     ],

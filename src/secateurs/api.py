@@ -15,31 +15,23 @@ from torch import nn
 
 from . import data as data_module
 from . import distributed
-from .allocation import (
-    file_sparsity,
-    mixed_nm,
-    outlier_ratio,
-    owl_sparsities,
-    parse_schedule,
-    read_allocation_file,
-    schedule_sparsities,
-)
 from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
-from .engine import BlockStore, available_memory, walk
+from .engine import BlockStore, walk
 from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
 from .evaluate import perplexity
 from .evaluate.zero_shot import check_options, load_tasks, zero_shot
 from .export import check_output_folder, save_checkpoint, save_packed
 from .export.hf import REPORT_NAME, write_folder_atomically
-from .methods import HESSIAN, get_method, wanda
+from .methods import HESSIAN, get_method
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
 from .models.load import check_causal_lm
 from .observers import HessianObserver, InputNormObserver
-from .offload import DiskBlocks, model_bytes_on_disk, open_offloaded
+from .offload import DiskBlocks, open_offloaded, should_offload
+from .plan import layer_plans
 from .recipe import Recipe, StructuredRecipe
 from .report import machine, peak_cuda_mib, peak_rss_mib, versions
 from .report_md import write_markdown_report
-from .solve import LayerPlan, default_plan, solve_weight
+from .solve import default_plan, solve_weight
 from .structured import prune_structured
 
 
@@ -188,110 +180,6 @@ def prune(
     }
 
 
-def layer_plans(
-    model: nn.Module,
-    recipe: Recipe,
-    calibration: torch.Tensor | None,
-    device: torch.device,
-    batch_size: int | None,
-    progress: bool,
-    store: BlockStore | None = None,
-    reduce: Callable[[Any], None] | None = None,
-) -> tuple[dict[str, LayerPlan], dict[str, Any]]:
-    """Each target's sparsity and pattern under the recipe's allocation (empty: the recipe's, everywhere),
-    and what the report says of it."""
-    if recipe.allocation == "uniform":
-        return {}, {"method": "uniform"}
-    blocks_name, blocks = find_blocks(model)
-    by_block = [find_targets(block, f"{blocks_name}.{i}", recipe.ignore) for i, block in enumerate(blocks)]
-    info: dict[str, Any] = {"method": recipe.allocation}
-    pattern = recipe.nm_pattern
-    if pattern is not None and recipe.nm_allocation == "skip":
-        info["note"] = (
-            f"N:M layers keep their pattern {pattern}: the {recipe.allocation} allocation was skipped "
-            "(pass --nm-allocation mixed for a per-layer N:M)"
-        )
-        return {}, info
-    if recipe.allocation == "schedule":
-        block_sparsity = schedule_sparsities(*parse_schedule(recipe.schedule), len(blocks))
-    elif recipe.allocation == "owl":
-        ratios = owl_outlier_ratios(model, recipe, calibration, device, batch_size, progress, store, reduce)
-        sizes = [sum(t.weight().numel() for t in targets) for targets in by_block]
-        target = recipe.sparsity if recipe.sparsity is not None else recipe.target_sparsity
-        block_sparsity = owl_sparsities(ratios, sizes, target, recipe.owl_lambda)
-        info.update(outlier_ratios=ratios, owl_m=recipe.owl_m, owl_lambda=recipe.owl_lambda)
-    else:
-        rules = read_allocation_file(recipe.allocation)
-        default = recipe.target_sparsity
-        block_sparsity = None
-    plans: dict[str, LayerPlan] = {}
-    for index, targets in enumerate(by_block):
-        for target in targets:
-            sparsity = block_sparsity[index] if block_sparsity else file_sparsity(target.name, rules, default)
-            layer_pattern = mixed_nm(pattern, sparsity) if pattern is not None else None
-            plans[target.name] = LayerPlan(layer_pattern.sparsity if layer_pattern else sparsity, layer_pattern)
-    if block_sparsity:
-        info["block_sparsities"] = block_sparsity
-    return plans, info
-
-
-def owl_outlier_ratios(
-    model: nn.Module,
-    recipe: Recipe,
-    calibration: torch.Tensor,
-    device: torch.device,
-    batch_size: int | None,
-    progress: bool,
-    store: BlockStore | None = None,
-    reduce: Callable[[Any], None] | None = None,
-) -> list[float]:
-    """OWL's layer outlier ratio: the fraction of a block's Wanda scores above M times the block's mean score,
-    from one observing pass over the dense model (scored while each block's weights are at hand)."""
-    ratios: dict[str, float] = {}
-    current: dict[str, Any] = {"block": None, "scores": []}
-
-    def finish_block() -> None:
-        scores = current["scores"]
-        if current["block"] is None:
-            return
-        total = sum(score.numel() for score in scores)
-        mean = sum(float(score.sum()) for score in scores) / max(total, 1)
-        outliers = sum(int((score > recipe.owl_m * mean).sum()) for score in scores)
-        ratios[current["block"]] = outlier_ratio(outliers, total)
-
-    def score_target(target: Target, observer: InputNormObserver | None) -> None:
-        block = _block_of(target.name)
-        if block != current["block"]:
-            finish_block()
-            current.update(block=block, scores=[])
-        if observer is not None and observer.tokens:
-            current["scores"].append(wanda.score(target.weight().float(), observer.sum_squares))
-
-    walk(
-        model,
-        calibration,
-        lambda target: InputNormObserver(target.in_features, target.weight().device),
-        score_target,
-        ignore=recipe.ignore,
-        observe_only=True,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        store=store,
-        reduce=reduce,
-    )
-    finish_block()
-    blocks_name, blocks = find_blocks(model)
-    return [ratios.get(f"{blocks_name}.{i}", 0.0) for i in range(len(blocks))]
-
-
-def _block_of(name: str) -> str:
-    """``model.layers.3.mlp.up_proj`` -> ``model.layers.3``: the block a target belongs to."""
-    parts = name.split(".")
-    index = next(i for i, part in enumerate(parts) if part.isdigit())
-    return ".".join(parts[: index + 1])
-
-
 def _prune_structured(
     model: nn.Module,
     recipe: StructuredRecipe,
@@ -369,7 +257,7 @@ def run_prune(
         raise RecipeError("--resume continues sparse pruning; structured pruning restarts: run without --resume")
     if resume and not has_state(out_path):
         raise ResumeError(f"nothing to resume for {out_path} (no {state_folder(out_path).name}): run without --resume")
-    offloaded = _offloaded(offload, model_source, dtype, recipe, eval_dataset, checkpoint_format)
+    offloaded = should_offload(offload, model_source, dtype, recipe, eval_dataset, checkpoint_format)
     ranks = distributed.from_environment(torch_device)
     if ranks is not None:
         if isinstance(recipe, StructuredRecipe):
@@ -495,40 +383,6 @@ def run_prune(
     if state is not None:
         state.finish()
     return report
-
-
-def _offloaded(
-    offload: str, source: str, dtype: str, recipe: Recipe | StructuredRecipe, evaluation: str | None, format: str
-) -> bool:
-    """Whether to stream the blocks from disk; refuses what an offloaded run cannot do, before any work."""
-    if offload not in ("none", "disk", "auto"):
-        raise RecipeError(f"--offload {offload!r} is not known: choose none, disk or auto")
-    if offload == "none":
-        return False
-    if offload == "auto":
-        folder = Path(source).expanduser()
-        if not folder.is_dir() or model_bytes_on_disk(folder) * _dtype_ratio(source, dtype) < 0.8 * available_memory():
-            return False
-    blockers = [
-        (isinstance(recipe, StructuredRecipe), "structured pruning rebuilds modules in memory"),
-        (evaluation is not None, "--eval needs the whole model in memory: evaluate the output with secateurs eval"),
-        (format != "hf", "--format packed needs the whole model: run secateurs pack on the output"),
-    ]
-    for blocked, why in blockers:
-        if blocked:
-            raise RecipeError(f"--offload disk: {why}")
-    return True
-
-
-def _dtype_ratio(source: str, dtype: str) -> float:
-    """Bytes in memory per byte on disk: a float32 checkpoint pruned in bfloat16 takes half."""
-    config = Path(source).expanduser() / "config.json"
-    if not config.is_file():
-        return 1.0
-    document = json.loads(config.read_text())
-    stored = document.get("dtype") or document.get("torch_dtype")
-    sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
-    return sizes.get(dtype, 4) / sizes.get(str(stored), 4)
 
 
 def _save_offloaded(store: DiskBlocks, state: WalkState, tokenizer: Any, out: Path, report: dict[str, Any]) -> None:

@@ -20,8 +20,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import ModelLoadError, NumericalError, UnsupportedModelError
+from .engine import available_memory
+from .errors import ModelLoadError, NumericalError, RecipeError, UnsupportedModelError
 from .models.discover import find_blocks
+from .recipe import Recipe, StructuredRecipe
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -196,3 +198,37 @@ def open_offloaded(source: str | Path, dtype: torch.dtype) -> tuple[nn.Module, o
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer, folder
+
+
+def should_offload(
+    offload: str, source: str, dtype: str, recipe: Recipe | StructuredRecipe, evaluation: str | None, format: str
+) -> bool:
+    """Whether to stream the blocks from disk; refuses what an offloaded run cannot do, before any work."""
+    if offload not in ("none", "disk", "auto"):
+        raise RecipeError(f"--offload {offload!r} is not known: choose none, disk or auto")
+    if offload == "none":
+        return False
+    if offload == "auto":
+        folder = Path(source).expanduser()
+        if not folder.is_dir() or model_bytes_on_disk(folder) * _dtype_ratio(source, dtype) < 0.8 * available_memory():
+            return False
+    blockers = [
+        (isinstance(recipe, StructuredRecipe), "structured pruning rebuilds modules in memory"),
+        (evaluation is not None, "--eval needs the whole model in memory: evaluate the output with secateurs eval"),
+        (format != "hf", "--format packed needs the whole model: run secateurs pack on the output"),
+    ]
+    for blocked, why in blockers:
+        if blocked:
+            raise RecipeError(f"--offload disk: {why}")
+    return True
+
+
+def _dtype_ratio(source: str, dtype: str) -> float:
+    """Bytes in memory per byte on disk: a float32 checkpoint pruned in bfloat16 takes half."""
+    config = Path(source).expanduser() / "config.json"
+    if not config.is_file():
+        return 1.0
+    document = json.loads(config.read_text())
+    stored = document.get("dtype") or document.get("torch_dtype")
+    sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+    return sizes.get(dtype, 4) / sizes.get(str(stored), 4)

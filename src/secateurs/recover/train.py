@@ -110,7 +110,7 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         rule.after_step(step)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
