@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import write_results  # noqa: E402
+
 SHARED = Path(os.environ.get("SECATEURS_SHARED", ROOT.parent / "shared")).resolve()
 GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 C4 = SHARED / "data" / "c4" / "c4-train.00000-of-01024.head1000.jsonl"
@@ -284,21 +287,15 @@ def run_peer(name: str) -> dict:
 
 
 def _write(results: dict) -> None:
-    from secateurs.report import machine, versions
-
-    results.update(
+    write_results(
+        RESULTS,
+        results,
         protocol="Q-CPU",
         model=GGUF.name,
         calibration=f"C4 slice, {NSAMPLES} x {SEQLEN}, seed 0",
         evaluation=f"WikiText-2 test, first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}",
         threads=THREADS,
-        versions=versions(),
-        machine=machine(),
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(temporary, RESULTS)
 
 
 if __name__ == "__main__":

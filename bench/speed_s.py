@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import replace_readme_block  # noqa: E402
+
 SHARED = Path(os.environ.get("SECATEURS_SHARED", ROOT.parent / "shared")).resolve()
 GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 C4 = SHARED / "data" / "c4" / "c4-train.00000-of-01024.head1000.jsonl"
@@ -209,16 +211,8 @@ def report_markdown(result: dict) -> str:
 
 def write_readme(result: dict) -> None:
     """Replace README's speed_s block (between its markers) with the tables of ``result``."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    block = f"{BEGIN}\n{report_markdown(result)}\n{END}"
-    if END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    elif BEGIN in text:
-        text = text.replace(BEGIN, block)
-    else:
+    if not replace_readme_block(BEGIN, END, report_markdown(result)):
         sys.exit(f"README.md has no line {BEGIN}: add it where the table belongs")
-    readme.write_text(text)
 
 
 if __name__ == "__main__":

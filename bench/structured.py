@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from common import replace_readme_block, write_results  # noqa: E402
 from q_cpu import CALIB, EVAL_SEQLEN, EVAL_WINDOWS, GGUF, MODEL, THREADS, WIKITEXT, WORK  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "structured.json"
@@ -175,16 +174,7 @@ def table(results: dict) -> str:
 
 
 def write_readme(results: dict) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    block = f"{BEGIN}\n{table(results)}\n{END}"
-    if END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    elif BEGIN in text:
-        text = text.replace(BEGIN, block)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    readme.write_text(text)
+    replace_readme_block(BEGIN, END, table(results))
 
 
 def main() -> None:
@@ -219,21 +209,15 @@ def main() -> None:
 
 
 def _write(results: dict) -> None:
-    from secateurs.report import machine, versions
-
-    results.update(
+    write_results(
+        RESULTS,
+        results,
         protocol=["Q-CPU", "S"],
         model=GGUF.name,
         calibration=f"C4 slice, 128 x 512, seed 0 (depth search: the first {DEPTH_WINDOWS} windows)",
         evaluation=f"WikiText-2 test, first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}",
         threads=THREADS,
-        versions=versions(),
-        machine=machine(),
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(temporary, RESULTS)
 
 
 if __name__ == "__main__":

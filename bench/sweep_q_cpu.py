@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import replace_readme_block  # noqa: E402
 from q_cpu import C4, EVAL_SEQLEN, EVAL_WINDOWS, GGUF, NSAMPLES, ROOT, SEQLEN, THREADS, WIKITEXT, WORK  # noqa: E402
 
 METHODS = ["magnitude", "wanda", "sparsegpt"]
@@ -101,16 +101,8 @@ def readme_block(results: dict) -> str:
 
 
 def update_readme(results: dict) -> None:
-    text = README.read_text()
-    if BEGIN not in text:
+    if not replace_readme_block(BEGIN, END, readme_block(results)):
         print(f"[sweep_q_cpu] no {BEGIN} marker in README.md: left as it is", file=sys.stderr)
-        return
-    block = f"{BEGIN}\n{readme_block(results)}\n{END}"
-    if END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.replace(BEGIN, block)
-    README.write_text(text)
 
 
 def main() -> None:

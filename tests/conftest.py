@@ -62,3 +62,28 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 def requires_smollm2():
     return pytest.mark.skipif(not SMOLLM2.exists(), reason=f"{SMOLLM2} is absent (set SECATEURS_SHARED)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bad_input: a bad input a user can give; must get a clear one-line error")
+    config.addinivalue_line("markers", "crash_point: an interruption or crash the output must survive")
+
+
+_COUNTS = {"bad_input": [0, 0], "crash_point": [0, 0]}
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call":
+        return
+    for marker, counts in _COUNTS.items():
+        if marker in report.keywords:
+            counts[0] += 1
+            counts[1] += report.passed
+
+
+def pytest_terminal_summary(terminalreporter):
+    bad, crash = _COUNTS["bad_input"], _COUNTS["crash_point"]
+    if bad[0] or crash[0]:
+        terminalreporter.write_line(
+            f"bad inputs: {bad[0]} tried, {bad[1]} clear errors; crash points: {crash[1]} survived (of {crash[0]})"
+        )

@@ -41,3 +41,29 @@ def test_observer_merge_equals_one_stream():
 def test_registry_comparison_groups():
     assert get_method("wanda").per_row and get_method("wanda").needs_inputs
     assert not get_method("magnitude").per_row and not get_method("magnitude").needs_inputs
+
+
+def test_reconstruction_error_is_measured_on_calibration_inputs():
+    from secateurs.observers import HessianObserver
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 16)
+    weight = torch.randn(8, 16)
+    pruned = weight * (torch.rand(8, 16) > 0.5)
+    exact = float(torch.linalg.norm(x @ (weight - pruned).t()) / torch.linalg.norm(x @ weight.t()))
+    hessian = HessianObserver(16)
+    hessian.update(x)
+    assert abs(hessian.relative_error(weight, pruned) - exact) < 1e-4
+    norms = InputNormObserver(16)
+    norms.update(x)  # 300 rows: every row kept up to 256, evenly spread
+    assert norms.sample.shape == (256, 16) and abs(norms.relative_error(weight, pruned) - exact) < 0.1
+
+
+def test_reports_carry_reconstruction_errors(calibration):
+    from tiny_models import tiny_model
+
+    from secateurs import Recipe, prune
+
+    report = prune(tiny_model("llama"), Recipe("sparsegpt"), calibration, progress=False)
+    wanda = prune(tiny_model("llama"), Recipe("wanda"), calibration, progress=False)
+    assert all(0 < layer["reconstruction_error"] < 1 for layer in report["layers"] + wanda["layers"])

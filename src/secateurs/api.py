@@ -3,8 +3,9 @@ CLI runs: load, calibrate, prune, evaluate, save) and ``run_evaluation`` (perple
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -13,28 +14,24 @@ import torch
 from torch import nn
 
 from . import data as data_module
-from .allocation import (
-    file_sparsity,
-    mixed_nm,
-    outlier_ratio,
-    owl_sparsities,
-    parse_schedule,
-    read_allocation_file,
-    schedule_sparsities,
-)
-from .engine import walk
-from .errors import CalibrationError, NumericalError, OutputError, RecipeError
+from . import distributed
+from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
+from .engine import BlockStore, walk
+from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
 from .evaluate import perplexity
 from .evaluate.zero_shot import check_options, load_tasks, zero_shot
 from .export import check_output_folder, save_checkpoint, save_packed
-from .methods import HESSIAN, get_method, wanda
+from .export.hf import REPORT_NAME, write_folder_atomically
+from .methods import HESSIAN, get_method
 from .models import Target, find_blocks, find_targets, load_model, resolve_device, resolve_dtype
 from .models.load import check_causal_lm
 from .observers import HessianObserver, InputNormObserver
+from .offload import DiskBlocks, open_offloaded, should_offload
+from .plan import layer_plans
 from .recipe import Recipe, StructuredRecipe
 from .report import machine, peak_cuda_mib, peak_rss_mib, versions
 from .report_md import write_markdown_report
-from .solve import LayerPlan, default_plan, solve_weight
+from .solve import default_plan, solve_weight
 from .structured import prune_structured
 
 
@@ -58,6 +55,9 @@ def prune(
     batch_size: int | None = None,
     hessians_on_cpu: bool = False,
     progress: bool = True,
+    state: WalkState | None = None,
+    store: BlockStore | None = None,
+    reduce: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` in place as ``recipe`` says and return the report.
 
@@ -65,7 +65,9 @@ def prune(
     that read activations (Wanda, SparseGPT, the OBS updates) need it, magnitude does not. Only one block
     at a time is moved to ``device``; the model is returned to the CPU. ``hessians_on_cpu`` keeps the
     Hessians of the block's Linears on the CPU while the calibration data flows (only the one being solved
-    goes to ``device``).
+    goes to ``device``). ``state`` makes the walk resumable (see ``secateurs.checkpoint``); ``store`` reads
+    and drops each block's weights (``secateurs.offload``: a model larger than memory); ``reduce`` sums each
+    observer's statistics over the ranks of a distributed run (``secateurs.distributed``).
     """
     check_causal_lm(model)
     if isinstance(recipe, StructuredRecipe):
@@ -76,15 +78,16 @@ def prune(
     targets = _all_targets(model, recipe)
     if not targets:
         raise RecipeError("no layer is left to prune: the --ignore patterns match every weight")
-    _check_finite_weights(model, targets)
+    if store is None:  # an offloaded model's weights are checked as they are read
+        _check_finite_weights(model, targets)
     if recipe.needs_calibration and calibration is None:
         raise CalibrationError(
             f"{method.name}{' with --update' if recipe.update else ''}"
             f"{' with OWL' if recipe.allocation == 'owl' else ''} reads calibration activations: give calibration data"
         )
     start = time.perf_counter()
-    plans, allocation = layer_plans(model, recipe, calibration, device, batch_size, progress)
-    layers: list[dict[str, Any]] = []
+    plans, allocation = layer_plans(model, recipe, calibration, device, batch_size, progress, store, reduce)
+    layers: list[dict[str, Any]] = state.layers if state is not None else []
     observer_class = HessianObserver if statistics == HESSIAN else InputNormObserver
 
     def make_observer(target: Target) -> InputNormObserver | HessianObserver:
@@ -101,6 +104,7 @@ def prune(
         plan = plans.get(target.name) or default_plan(recipe)
         refine = not any(fnmatchcase(target.name, glob) for glob in recipe.refine_skip)
         solution = solve_weight(weight, recipe, observer, plan, refine=refine)
+        original = weight.clone() if observer is not None else None
         if solution.weight is not None:
             weight.copy_(solution.weight)
         weight.masked_fill_(~solution.mask, 0)
@@ -115,6 +119,8 @@ def prune(
             note = f"Hessian not positive definite: dampening raised to {solution.dampening:g}"
         if solution.dead_inputs:
             layer["dead_inputs"] = solution.dead_inputs
+        if original is not None:
+            layer["reconstruction_error"] = observer.relative_error(original, weight)
         if note:
             layer["note"] = note
         layers.append(layer)
@@ -131,6 +137,9 @@ def prune(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            state=state,
+            store=store,
+            reduce=reduce,
         )
         walk_info = {
             "mode": info.mode,
@@ -139,10 +148,20 @@ def prune(
             "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
             "notes": info.notes,
         }
-    else:
+    elif store is None:
         with torch.no_grad():
             for target in targets:
                 solve(target, None)
+    else:  # magnitude, offloaded: each block read, pruned, written
+        blocks_name, blocks = find_blocks(model)
+        with torch.no_grad():
+            for index, block in enumerate(blocks):
+                store.load(index, block)
+                for target in find_targets(block, f"{blocks_name}.{index}", recipe.ignore):
+                    solve(target, None)
+                if state is not None:
+                    state.save_block(index, f"{blocks_name}.{index}", block, [])
+                store.release(index, block)
     seconds = time.perf_counter() - start
     total = sum(layer["shape"][0] * layer["shape"][1] for layer in layers)
     zeros = sum(layer["sparsity"] * layer["shape"][0] * layer["shape"][1] for layer in layers)
@@ -159,88 +178,6 @@ def prune(
         "peak_cuda_mib": peak_cuda_mib(),
         "layers": layers,
     }
-
-
-def layer_plans(
-    model: nn.Module,
-    recipe: Recipe,
-    calibration: torch.Tensor | None,
-    device: torch.device,
-    batch_size: int | None,
-    progress: bool,
-) -> tuple[dict[str, LayerPlan], dict[str, Any]]:
-    """Each target's sparsity and pattern under the recipe's allocation (empty: the recipe's, everywhere),
-    and what the report says of it."""
-    if recipe.allocation == "uniform":
-        return {}, {"method": "uniform"}
-    blocks_name, blocks = find_blocks(model)
-    by_block = [find_targets(block, f"{blocks_name}.{i}", recipe.ignore) for i, block in enumerate(blocks)]
-    info: dict[str, Any] = {"method": recipe.allocation}
-    pattern = recipe.nm_pattern
-    if pattern is not None and recipe.nm_allocation == "skip":
-        info["note"] = (
-            f"N:M layers keep their pattern {pattern}: the {recipe.allocation} allocation was skipped "
-            "(pass --nm-allocation mixed for a per-layer N:M)"
-        )
-        return {}, info
-    if recipe.allocation == "schedule":
-        block_sparsity = schedule_sparsities(*parse_schedule(recipe.schedule), len(blocks))
-    elif recipe.allocation == "owl":
-        ratios = owl_outlier_ratios(model, recipe, calibration, by_block, device, batch_size, progress)
-        sizes = [sum(t.weight().numel() for t in targets) for targets in by_block]
-        target = recipe.sparsity if recipe.sparsity is not None else recipe.target_sparsity
-        block_sparsity = owl_sparsities(ratios, sizes, target, recipe.owl_lambda)
-        info.update(outlier_ratios=ratios, owl_m=recipe.owl_m, owl_lambda=recipe.owl_lambda)
-    else:
-        rules = read_allocation_file(recipe.allocation)
-        default = recipe.target_sparsity
-        block_sparsity = None
-    plans: dict[str, LayerPlan] = {}
-    for index, targets in enumerate(by_block):
-        for target in targets:
-            sparsity = block_sparsity[index] if block_sparsity else file_sparsity(target.name, rules, default)
-            layer_pattern = mixed_nm(pattern, sparsity) if pattern is not None else None
-            plans[target.name] = LayerPlan(layer_pattern.sparsity if layer_pattern else sparsity, layer_pattern)
-    if block_sparsity:
-        info["block_sparsities"] = block_sparsity
-    return plans, info
-
-
-def owl_outlier_ratios(
-    model: nn.Module,
-    recipe: Recipe,
-    calibration: torch.Tensor,
-    by_block: list[list[Target]],
-    device: torch.device,
-    batch_size: int | None,
-    progress: bool,
-) -> list[float]:
-    """OWL's layer outlier ratio: the fraction of a block's Wanda scores above M times the block's mean score,
-    from one observing pass over the dense model."""
-    norms: dict[str, torch.Tensor] = {}
-
-    def keep_norms(target: Target, observer: InputNormObserver | None) -> None:
-        norms[target.name] = observer.sum_squares if observer is not None and observer.tokens else None
-
-    walk(
-        model,
-        calibration,
-        lambda target: InputNormObserver(target.in_features, target.weight().device),
-        keep_norms,
-        ignore=recipe.ignore,
-        observe_only=True,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
-    ratios = []
-    for targets in by_block:
-        scores = [wanda.score(t.weight().float(), norms[t.name]) for t in targets if norms[t.name] is not None]
-        total = sum(score.numel() for score in scores)
-        mean = sum(float(score.sum()) for score in scores) / max(total, 1)
-        outliers = sum(int((score > recipe.owl_m * mean).sum()) for score in scores)
-        ratios.append(outlier_ratio(outliers, total))
-    return ratios
 
 
 def _prune_structured(
@@ -302,23 +239,41 @@ def run_prune(
     overwrite: bool = False,
     trust_pickle: bool = False,
     progress: bool = True,
+    resume: bool = False,
     checkpoint_format: str = "hf",
+    offload: str = "none",
 ) -> dict[str, Any]:
     """Load ``model_source``, prune it, optionally evaluate, and save it to ``out``; returns the report
     (also written as ``out/secateurs.json``). ``checkpoint_format``: ``hf`` (what ``from_pretrained`` reads)
-    or ``packed`` (pruned weights compressed, see ``secateurs.export.packed``). Every argument is checked
-    before the long work starts."""
+    or ``packed`` (pruned weights compressed, see ``secateurs.export.packed``). ``offload``: ``disk`` reads each
+    block from the source shards in turn (``secateurs.offload``), ``auto`` when the model is larger than free
+    memory, ``none``. Every argument is checked before the long work starts."""
     if checkpoint_format not in ("hf", "packed"):
         raise OutputError(f"checkpoint format {checkpoint_format!r} is not known: choose hf or packed")
     out_path = check_output_folder(out, overwrite, source=model_source)
     torch_device = resolve_device(device)
     resolve_dtype(dtype)
+    if resume and isinstance(recipe, StructuredRecipe):
+        raise RecipeError("--resume continues sparse pruning; structured pruning restarts: run without --resume")
+    if resume and not has_state(out_path):
+        raise ResumeError(f"nothing to resume for {out_path} (no {state_folder(out_path).name}): run without --resume")
+    offloaded = should_offload(offload, model_source, dtype, recipe, eval_dataset, checkpoint_format)
+    ranks = distributed.from_environment(torch_device)
+    if ranks is not None:
+        if isinstance(recipe, StructuredRecipe):
+            raise RecipeError("structured pruning runs in one process: run it without torchrun or --workers")
+        torch_device = ranks.device(torch_device)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     needs_calibration = isinstance(recipe, StructuredRecipe) or recipe.needs_calibration
     corpus = data_module.load_corpus(calib) if needs_calibration else None
-    model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
+    store = None
+    if offloaded:
+        model, tokenizer, folder = open_offloaded(model_source, resolve_dtype(dtype))
+        store = DiskBlocks(model, folder, resolve_dtype(dtype), torch_device)
+    else:
+        model, tokenizer = load_model(model_source, dtype, trust_pickle=trust_pickle)
     timings["load"] = time.perf_counter() - start
 
     calibration = None
@@ -326,10 +281,11 @@ def run_prune(
         start = time.perf_counter()
         calibration = data_module.calibration_windows(corpus, tokenizer, nsamples, seqlen, seed)
         timings["calibration_data"] = time.perf_counter() - start
+    share = ranks.share(calibration) if ranks is not None and calibration is not None else calibration
 
     result: dict[str, Any] = {}
     eval_ids = None
-    if eval_dataset:
+    if eval_dataset and (ranks is None or ranks.is_writer):
         start = time.perf_counter()
         eval_ids = data_module.evaluation_ids(eval_dataset, tokenizer, eval_seqlen)
         model.to(torch_device)
@@ -339,17 +295,44 @@ def run_prune(
         model.to("cpu")
         timings["eval_before"] = time.perf_counter() - start
 
+    state = None
+    if isinstance(recipe, Recipe) and (recipe.statistics is not None or offloaded):
+        key = fingerprint(
+            ranks=None if ranks is None else [ranks.rank, ranks.world],
+            offloaded=offloaded,
+            source=source_identity(model_source),
+            recipe=recipe.to_dict(),
+            calibration=calibration,
+            dtype=dtype,
+            device=torch_device.type,
+            batch_size=batch_size,
+            hessians_on_cpu=hessians_on_cpu,
+        )
+        folder = state_folder(out_path) if ranks is None else state_folder(out_path) / f"rank-{ranks.rank}"
+        state = WalkState(folder, key, [])
+        state.load() if resume else state.start()
+        state.extra["restore_blocks"] = not offloaded  # offloaded blocks stay on disk, in the state's files
     report = prune(
         model,
         recipe,
-        calibration,
+        share,
         device=torch_device,
         batch_size=batch_size,
         hessians_on_cpu=hessians_on_cpu,
-        progress=progress,
+        progress=progress and (ranks is None or ranks.is_writer),
+        state=state,
+        store=store,
+        reduce=None if ranks is None else lambda observer: observer.all_reduce(),
     )
     timings["prune"] = report["prune_seconds"]
     peak_after_prune = peak_rss_mib()
+    if ranks is not None:
+        report["ranks"] = ranks.world
+        report["peak_rss_mib_per_rank"] = ranks.gather(peak_after_prune)
+        if not ranks.is_writer:  # every rank holds the same pruned weights; rank 0 writes them
+            if state is not None:
+                state.finish()
+            return report
 
     if eval_ids is not None:
         start = time.perf_counter()
@@ -376,9 +359,17 @@ def run_prune(
         }
     )
     start = time.perf_counter()
-    if checkpoint_format == "packed":
+    if offloaded:
+        report["offload"] = "disk"
+        _save_offloaded(store, state, tokenizer, out_path, {**report, "seconds": timings})
+    elif checkpoint_format == "packed":
         save_packed(
-            model, tokenizer, out_path, {**report, "seconds": timings}, pattern=recipe.pattern, overwrite=overwrite
+            model,
+            tokenizer,
+            out_path,
+            {**report, "seconds": timings},
+            pattern=getattr(recipe, "pattern", "unstructured"),
+            overwrite=overwrite,
         )
     else:
         save_checkpoint(model, tokenizer, out_path, {**report, "seconds": timings}, overwrite)
@@ -387,9 +378,22 @@ def run_prune(
     report["peak_rss_mib"] = peak_rss_mib()
     report["weight_file_bytes"] = sum(path.stat().st_size for path in out_path.glob("*.safetensors"))
     # the saved report gets the save time too
-    (out_path / "secateurs.json").write_text(__import__("json").dumps(report, indent=2) + "\n")
+    (out_path / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     write_markdown_report(report, out_path)
+    if state is not None:
+        state.finish()
     return report
+
+
+def _save_offloaded(store: DiskBlocks, state: WalkState, tokenizer: Any, out: Path, report: dict[str, Any]) -> None:
+    def fill(partial: Path) -> None:
+        store.write_output(partial, state.folder, state.blocks_done)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
+        (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        write_markdown_report(report, partial)
+
+    write_folder_atomically(out, fill)
 
 
 def run_evaluation(

@@ -4,248 +4,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
+from .cli_parser import build_parser
 from .errors import OutputError, SecateursError
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow pickle (.bin) checkpoints")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+def _train(args: argparse.Namespace) -> None:
+    from .recover import run_training
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secateurs", description="Prune large language models one-shot.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    prune = commands.add_parser("prune", help="prune a model and save it")
-    prune.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
-    prune.add_argument(
-        "--method",
-        default="wanda",
-        help="magnitude, wanda, ria or sparsegpt (sparse weights), or width or depth (a smaller dense model); "
-        "default: wanda",
+    options = {
+        "finetune": {"lora_rank": getattr(args, "lora_rank", 8), "lora_alpha": getattr(args, "lora_alpha", None)},
+        "train-prune": {
+            key: getattr(args, key, None) for key in ("schedule", "method", "final_sparsity", "rounds", "prune_every")
+        },
+    }[args.command]
+    report = run_training(
+        args.command,
+        args.model,
+        args.out,
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seqlen=args.seqlen,
+        lr=args.lr,
+        seed=args.seed,
+        eval_dataset=args.eval,
+        eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.quiet,
+        **options,
     )
-    prune.add_argument("--sparsity", type=float, default=None, help="fraction removed per layer (default 0.5)")
-    prune.add_argument(
-        "--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4 (default: unstructured)"
-    )
-    prune.add_argument("--calib", default="c4", help="c4, wikitext2, ptb, builtin, or a .txt/.jsonl file")
-    prune.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    prune.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
-    prune.add_argument("--seed", type=int, default=0)
-    prune.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
-    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    prune.add_argument(
-        "--ignore",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="GLOB",
-        help="layer-name globs left dense, e.g. '*.down_proj'",
-    )
-    prune.add_argument(
-        "--true-sequential",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="one pass per block, each Linear pruned before later ones see its output "
-        "(default: on for sparsegpt, off for the others)",
-    )
-    prune.add_argument(
-        "--update",
-        default=None,
-        choices=["obs-seq", "obs-iter"],
-        help="add SparseGPT's OBS weight update to a magnitude/wanda mask: the mask fixed first (obs-seq) "
-        "or re-chosen every --blocksize columns (obs-iter); the Wanda paper's Section 5 ablations",
-    )
-    prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (default 128)")
-    prune.add_argument(
-        "--dampening", type=float, default=0.01, help="SparseGPT lambda, a fraction of mean(diag H) (default 0.01)"
-    )
-    prune.add_argument(
-        "--hessians-on-cpu",
-        action="store_true",
-        help="keep the block's Hessians in CPU memory; only the one being solved goes to the device",
-    )
-    prune.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward")
-    layerwise = prune.add_argument_group("layer-wise allocation and method variants")
-    layerwise.add_argument(
-        "--allocation",
-        default="uniform",
-        help="uniform, owl (outlier-weighted, Yin et al.), schedule (see --schedule), or a YAML/JSON file of "
-        "layer-name globs and sparsities (default: uniform)",
-    )
-    layerwise.add_argument("--schedule", default=None, metavar="FIRST:LAST", help="linear ramp over the blocks")
-    layerwise.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default 5)")
-    layerwise.add_argument("--owl-lambda", type=float, default=0.08, help="OWL sparsity span lambda (default 0.08)")
-    layerwise.add_argument(
-        "--nm-allocation",
-        default="skip",
-        choices=["skip", "mixed"],
-        help="with an N:M pattern: keep it in every layer (skip the allocation) or choose N per layer (mixed)",
-    )
-    layerwise.add_argument("--variant", action="store_true", help="Wanda's per-row cumulative threshold variant")
-    layerwise.add_argument("--ria-alpha", type=float, default=0.5, help="RIA's activation exponent (default 0.5)")
-    layerwise.add_argument("--refine", default=None, choices=["dsnot"], help="training-free mask refinement")
-    layerwise.add_argument(
-        "--refine-skip",
-        nargs="+",
-        default=["*mlp*"],
-        metavar="GLOB",
-        help="layers DSnoT leaves as they are (default: '*mlp*', as the paper's code)",
-    )
-    layerwise.add_argument(
-        "--refine-threshold", type=float, default=0.1, help="DSnoT stops below this expected error (default 0.1)"
-    )
-    structured = prune.add_argument_group("structured pruning (--method width or depth)")
-    structured.add_argument("--target", default="mlp", choices=["mlp", "heads"], help="width: what to remove")
-    structured.add_argument("--ratio", type=float, default=None, help="fraction of channels, heads or layers removed")
-    structured.add_argument("--remove", type=int, default=None, help="depth: number of decoder layers removed")
-    structured.add_argument(
-        "--multiple", type=int, default=64, help="width mlp: kept channels rounded to a multiple of this (default 64)"
-    )
-    structured.add_argument(
-        "--no-reconstruct",
-        dest="reconstruct",
-        action="store_false",
-        help="width: plain removal, no least-squares re-fit of the next projection",
-    )
-    structured.add_argument(
-        "--score",
-        default=None,
-        help="width: fluctuation (FLAP, default) or wanda; depth: perplexity (default) or block-influence",
-    )
-    structured.add_argument(
-        "--head-grouping",
-        default="queries",
-        choices=["queries", "kv-groups"],
-        help="width heads: the same number of query heads removed in every KV group, or whole KV groups",
-    )
-
-    prune.add_argument(
-        "--eval", default=None, metavar="DATASET", help="perplexity before/after: wikitext2, c4, ptb or a file"
-    )
-    prune.add_argument("--eval-seqlen", type=int, default=2048)
-    prune.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only")
-    prune.add_argument(
-        "--format",
-        default="hf",
-        choices=["hf", "packed"],
-        help="hf: what from_pretrained reads; packed: pruned weights compressed (bitmask or N:M), read by "
-        "secateurs.load (default: hf)",
-    )
-    _add_common(prune)
-
-    evaluate = commands.add_parser("eval", help="measure a model's perplexity and zero-shot accuracy")
-    evaluate.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
-    evaluate.add_argument(
-        "--ppl",
-        type=_comma_list,
-        default=None,
-        help="comma list of wikitext2, c4, ptb or text files (default: wikitext2 when no --tasks)",
-    )
-    evaluate.add_argument(
-        "--tasks",
-        type=_comma_list,
-        default=[],
-        help="comma list of lm-eval task names (boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,"
-        "openbookqa) or task YAML files; needs pip install 'secateurs[eval]'",
-    )
-    evaluate.add_argument("--limit", type=_limit, default=None, help="first N documents per task (testing only)")
-    evaluate.add_argument("--seqlen", type=int, default=2048, help="perplexity window (default 2048)")
-    evaluate.add_argument("--max-windows", type=int, default=None, help="perplexity on the first N windows only")
-    evaluate.add_argument("--batch-size", type=int, default=1, help="windows or task requests per forward")
-    evaluate.add_argument("--out", default=None, metavar="FILE.json", help="also write the results to this file")
-    _add_common(evaluate)
-
-    sweep = commands.add_parser("sweep", help="prune at a grid of methods, patterns and sparsities; plot quality")
-    sweep.add_argument("model", help="a Hugging Face model folder, a hub id, or a .gguf file")
-    sweep.add_argument("--methods", type=_comma_list, default=["magnitude", "wanda", "sparsegpt"])
-    sweep.add_argument(
-        "--sparsities", type=_comma_floats, default=[0.3, 0.4, 0.5, 0.6, 0.7], help="for unstructured points"
-    )
-    sweep.add_argument(
-        "--patterns", type=_comma_list, default=["unstructured", "2:4"], help="an N:M pattern implies its sparsity"
-    )
-    sweep.add_argument("--eval", default="wikitext2", metavar="DATASET", help="wikitext2, c4, ptb or a file")
-    sweep.add_argument("--eval-seqlen", type=int, default=2048)
-    sweep.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only")
-    sweep.add_argument("--calib", default="c4", help="c4, wikitext2, ptb, builtin, or a .txt/.jsonl file")
-    sweep.add_argument("--nsamples", type=int, default=128)
-    sweep.add_argument("--seqlen", type=int, default=2048)
-    sweep.add_argument("--seed", type=int, default=0)
-    sweep.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="GLOB")
-    sweep.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=None)
-    sweep.add_argument("--blocksize", type=int, default=128)
-    sweep.add_argument("--dampening", type=float, default=0.01)
-    sweep.add_argument("--batch-size", type=int, default=None, help="calibration windows per forward")
-    sweep.add_argument("--out", required=True, help="folder for sweep.json, sweep.md and sweep.png")
-    sweep.add_argument(
-        "--overwrite", action="store_true", help="start over when --out holds a sweep made with other settings"
-    )
-    _add_common(sweep)
-
-    pack = commands.add_parser("pack", help="store a pruned HF folder's pruned weights compressed")
-    pack.add_argument("model", help="a Hugging Face model folder (a pruned one)")
-    pack.add_argument("out", help="output folder (must not exist, or be empty)")
-    pack.add_argument(
-        "--pattern",
-        default=None,
-        help="N:M (e.g. 2:4) to store the pruned weights as N:M (each must be N:M), or unstructured for bitmasks "
-        "(default: the pattern in the folder's secateurs.json, else unstructured)",
-    )
-    pack.add_argument("--ignore", nargs="+", default=None, metavar="GLOB", help="weights the pattern does not apply to")
-    pack.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
-
-    unpack = commands.add_parser("unpack", help="write a packed checkpoint as an ordinary HF folder")
-    unpack.add_argument("model", help="a packed folder")
-    unpack.add_argument("out", help="output folder (must not exist, or be empty)")
-    unpack.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: stored")
-    unpack.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
-
-    bench = commands.add_parser("bench", help="inference speed and memory, as ratios to the first model (protocol S)")
-    bench.add_argument("models", nargs="+", metavar="MODEL", help="model folders (HF or packed), the dense one first")
-    bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: stored")
-    bench.add_argument("--out", default="secateurs-bench", help="folder for speed.json, speed.md, speed.png")
-    bench.add_argument("--prefill-batch", type=int, default=8)
-    bench.add_argument("--prefill-seqlen", type=int, default=512)
-    bench.add_argument("--prompt-tokens", type=int, default=128)
-    bench.add_argument("--new-tokens", type=int, default=128)
-    bench.add_argument("--repeats", type=int, default=5, help="timed runs, after --warmup ones (median reported)")
-    bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--micro-tokens", type=int, default=4096, help="rows of the Linear microbenchmark")
-    bench.add_argument("--no-micro", action="store_true", help="skip the Linear microbenchmark")
-    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    for command in (pack, unpack, bench):
-        command.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def _comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _comma_floats(text: str) -> list[float]:
-    try:
-        return [float(item) for item in _comma_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers, e.g. 0.3,0.5,0.7") from None
-
-
-def _limit(text: str) -> int | float:
-    """lm-eval's limit: a count of documents, or a fraction of them when below 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    return int(value) if value >= 1 and value.is_integer() else value
+    keys = ("sparsity", "perplexity_before", "perplexity_after", "peak_rss_mib")
+    summary = {key: report[key] for key in keys if report.get(key) is not None}
+    print(json.dumps({"out": str(args.out), "final_loss": report["losses"][-1], **summary}))
 
 
 def _recipe(args: argparse.Namespace) -> object:
@@ -308,6 +109,8 @@ def _prune(args: argparse.Namespace) -> None:
         trust_pickle=args.trust_pickle,
         progress=not args.quiet,
         checkpoint_format=args.format,
+        resume=args.resume,
+        offload=args.offload,
     )
     keys = (
         "sparsity",
@@ -433,7 +236,12 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if getattr(args, "workers", 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from .distributed import launch, without_workers
+
+        return launch(args.workers, without_workers(argv))
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.quiet:
@@ -442,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         transformers_logging.disable_progress_bar()
     try:
         commands = {
+            "finetune": _train,
+            "train-prune": _train,
             "prune": _prune,
             "eval": _evaluate,
             "sweep": _sweep,
@@ -451,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         commands[args.command](args)
     except SecateursError as error:
-        print(f"secateurs: error: {error}", file=sys.stderr)
+        print(f"secateurs: error: {error}{_resumable(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command == "sweep":
@@ -460,9 +270,32 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         else:
-            print("secateurs: interrupted; no output was written", file=sys.stderr)
+            print(f"secateurs: interrupted; no output was written{_resumable(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _resumable(args: argparse.Namespace) -> str:
+    """What an interrupted or failed prune or training left to resume from, if anything."""
+    if args.command in ("finetune", "train-prune"):
+        from .recover import training_folder
+
+        state = training_folder(Path(args.out).expanduser().resolve()) / "train-state.json"
+        if not state.is_file():
+            return ""
+        step = json.loads(state.read_text())["step"]
+        return f" (a checkpoint at step {step} is saved: run the same command with --resume to go on from there)"
+    if args.command != "prune":
+        return ""
+    from .checkpoint import state_folder
+
+    state = state_folder(Path(args.out).expanduser().resolve()) / "state.json"
+    if not state.is_file():
+        return ""
+    blocks = json.loads(state.read_text()).get("blocks_done", 0)
+    if not blocks:
+        return ""
+    return f" ({blocks} pruned blocks are saved: run the same command with --resume to go on from there)"
 
 
 if __name__ == "__main__":

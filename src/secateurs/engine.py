@@ -29,7 +29,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from .errors import UnsupportedModelError
+from .checkpoint import WalkState
+from .errors import ResumeError, UnsupportedModelError
 from .models.discover import Target, find_blocks, find_targets
 
 
@@ -104,7 +105,8 @@ def _move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device: torch.
         for child in module.children():
             visit(child)
         for parameter in module.parameters(recurse=False):
-            parameter.data = parameter.data.to(device)
+            if parameter.device.type != "meta":  # an offloaded model's head: not read, not needed
+                parameter.data = parameter.data.to(device)
         for name, buffer in module.named_buffers(recurse=False):
             module._buffers[name] = buffer.to(device)
 
@@ -198,7 +200,8 @@ def observing(targets: list[Target], on_input: Callable[[Target, torch.Tensor], 
             handle.remove()
 
 
-def _available_memory(device: torch.device) -> int:
+def available_memory(device: torch.device | str = "cpu") -> int:
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
@@ -219,7 +222,7 @@ def whole_batch_fits(model: nn.Module, targets: list[Target], input_ids: torch.T
     if getattr(config, "_attn_implementation", "eager") == "eager":
         heads = getattr(config, "num_attention_heads", 1)
         needed += input_ids.shape[0] * heads * input_ids.shape[1] ** 2 * element * 2
-    return needed < 0.6 * _available_memory(device)
+    return needed < 0.6 * available_memory(device)
 
 
 def walk(
@@ -234,55 +237,128 @@ def walk(
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    state: WalkState | None = None,
+    store: BlockStore | None = None,
+    reduce: Callable[[Observer], None] | None = None,
 ) -> WalkReport:
     """Prune every target of every decoder block of ``model`` in place, block by block.
 
     ``observe_only``: one pass per block of the unchanged model; ``solve`` receives every target's statistics
-    (a layer-wise allocation such as OWL reads the dense model's statistics before pruning).
+    (a layer-wise allocation such as OWL reads the dense model's statistics before pruning). ``state``: saved
+    after every block, and restored first when it holds finished blocks (``--resume``). ``store`` puts a block's
+    weights on the device and takes them off (default: they live in memory; ``secateurs.offload`` reads them
+    from disk). ``reduce`` completes an observer's statistics with the other ranks' before it is solved
+    (``secateurs.distributed``).
     """
+    store = store or MemoryBlocks(torch.device(device))
     device = torch.device(device)
     blocks_name, blocks = find_blocks(model)
     first_targets = find_targets(blocks[0], f"{blocks_name}.0", ignore) or find_targets(blocks[0], "")
     samples = input_ids.shape[0]
+    if state is not None and state.blocks_done:
+        batch_size = state.extra["batch_size"]  # the interrupted run's batching, so that the result is identical
     if true_sequential and batch_size is None:
         whole = whole_batch_fits(model, first_targets, input_ids, device)
         batch_size = samples if whole else max(1, samples // 8)
     batch_size = min(batch_size or DEFAULT_BATCH_SIZE, samples)
+    if state is not None:
+        state.extra["batch_size"] = batch_size
     mode = "observe-only" if observe_only else "two-pass"
     if true_sequential and not observe_only:
         mode = "one-pass" if batch_size >= samples else "staged"
+    if mode == "one-pass" and reduce is not None and any(t.expert is not None for t in first_targets):
+        mode = "staged"  # experts no token reached on a rank would skip a collective: reduce after each stage
     report = WalkReport(mode=mode, batch_size=batch_size)
     if mode == "staged":
         report.notes.append(
             f"the whole calibration batch ({samples} samples) does not fit in memory at once: "
             f"true-sequential walk in stages, batches of {batch_size}"
         )
-    seconds = dict.fromkeys(("capture", "observe", "solve", "propagate"), 0.0)
+    seconds = dict.fromkeys(("capture", "load", "observe", "solve", "propagate", "write"), 0.0)
     timed_solve = _timed(solve, seconds)
 
     restore_experts = _eager_experts(model)
     try:
         with torch.no_grad():
             start = time.perf_counter()
-            inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
+            store.load_outside()
+            try:
+                inputs = capture_block_inputs(model, blocks, input_ids, batch_size, device)
+            finally:
+                store.release_outside()
             seconds["capture"] = time.perf_counter() - start
+            first = _restore(state, blocks, inputs)
             passes = 0
-            bar = tqdm(blocks, desc="pruning", unit="block", disable=not progress)
-            for index, block in enumerate(bar):
-                block.to(device)
+            bar = tqdm(blocks, desc="pruning", unit="block", disable=not progress, initial=first)
+            for index, block in enumerate(blocks):
+                if index < first:
+                    continue
+                start = time.perf_counter()
+                store.load(index, block)
+                seconds["load"] += time.perf_counter() - start
                 targets = find_targets(block, f"{blocks_name}.{index}", ignore)
                 arguments = {size: per_block[index] for size, per_block in inputs.arguments.items()}
                 step = {"two-pass": _two_pass, "one-pass": _one_pass, "staged": _staged, "observe-only": _observe_only}[
                     mode
                 ]
-                passes += step(block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds)
-                if device.type != "cpu":
-                    block.to("cpu")
-            report.passes_per_block = passes / max(1, len(blocks))
+                passes += step(block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds, reduce)
+                start = time.perf_counter()
+                if state is not None:
+                    state.save_block(index, f"{blocks_name}.{index}", block, inputs.hidden)
+                store.release(index, block)
+                seconds["write"] += time.perf_counter() - start
+                bar.update()
+            bar.close()
+            report.passes_per_block = passes / max(1, len(blocks) - first)
     finally:
         restore_experts()
     report.seconds = seconds
     return report
+
+
+class BlockStore(Protocol):
+    """Where a block's weights live between its turns (see ``walk``)."""
+
+    def load(self, index: int, block: nn.Module) -> None: ...
+
+    def release(self, index: int, block: nn.Module) -> None: ...
+
+    def load_outside(self) -> None: ...
+
+    def release_outside(self) -> None: ...
+
+
+class MemoryBlocks:
+    """The whole model is in memory: a block goes to the compute device for its turn and comes back."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def load(self, index: int, block: nn.Module) -> None:
+        block.to(self.device)
+
+    def release(self, index: int, block: nn.Module) -> None:
+        if self.device.type != "cpu":
+            block.to("cpu")
+
+    def load_outside(self) -> None:
+        pass
+
+    def release_outside(self) -> None:
+        pass
+
+
+def _restore(state: WalkState | None, blocks: nn.ModuleList, inputs: BlockInputs) -> int:
+    """Load an interrupted run's finished blocks and the next block's inputs; returns the first block to walk."""
+    if state is None or not state.blocks_done:
+        return 0
+    saved = state.restore(blocks, load_blocks=state.extra.get("restore_blocks", True))
+    if saved is not None:
+        device = inputs.hidden[0].device
+        if [tuple(h.shape) for h in saved] != [tuple(h.shape) for h in inputs.hidden]:
+            raise ResumeError("the saved calibration inputs do not match this run's batches: run without --resume")
+        inputs.hidden[:] = [h.to(device) for h in saved]
+    return state.blocks_done
 
 
 def _timed(solve: Solve, seconds: dict[str, float]) -> Solve:
@@ -344,6 +420,22 @@ class _Statistics:
         self.last = None  # holds an activation otherwise
 
 
+def _reduce_all(statistics: _Statistics, targets: list[Target], reduce: Callable[[Observer], None] | None) -> None:
+    """Complete every observer with the other ranks', in the targets' order (the same on every rank); a target
+    this rank never fed (an expert no token was routed to here) still takes part, with empty statistics."""
+    if reduce is None:
+        return
+    for target in targets:
+        if statistics.leader.get(target, target) is not target:
+            continue  # shares the statistics of the Linear before it
+        if target not in statistics.leader:
+            statistics.leader[target] = target
+            statistics.observers[target] = statistics.make_observer(target)
+        observer = statistics.observers[target]
+        if observer is not None:
+            reduce(observer)
+
+
 def _pass(block: nn.Module, hidden: list[torch.Tensor], arguments: dict, keep: bool) -> None:
     for j, batch in enumerate(hidden):
         output = run_block(block, batch, arguments[batch.shape[0]])
@@ -359,21 +451,23 @@ def _observe_pass(block, targets, hidden, arguments, statistics: _Statistics, se
     seconds["observe"] += time.perf_counter() - start
 
 
-def _observe_only(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+def _observe_only(block, targets, hidden, arguments, make_observer, solve, seconds, reduce=None) -> int:  # noqa: ANN001
     statistics = _Statistics(make_observer)
     start = time.perf_counter()
     with observing(targets, statistics.feed):
         _pass(block, hidden, arguments, keep=True)
     statistics.end_pass()
     seconds["observe"] += time.perf_counter() - start
+    _reduce_all(statistics, targets, reduce)
     for target in targets:
         solve(target, statistics.observer(target))
     return 1
 
 
-def _two_pass(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+def _two_pass(block, targets, hidden, arguments, make_observer, solve, seconds, reduce=None) -> int:  # noqa: ANN001
     statistics = _Statistics(make_observer)
     _observe_pass(block, targets, hidden, arguments, statistics, seconds)
+    _reduce_all(statistics, targets, reduce)
     for target in targets:
         solve(target, statistics.observer(target))
     del statistics
@@ -383,7 +477,7 @@ def _two_pass(block, targets, hidden, arguments, make_observer, solve, seconds) 
     return 2
 
 
-def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds, reduce=None) -> int:  # noqa: ANN001
     statistics = _Statistics(make_observer, keep_last_only=True)
     solved: set[Target] = set()
 
@@ -391,6 +485,8 @@ def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds) 
         if target in solved:  # a weight used twice is pruned once, on its first use
             return
         statistics.feed(target, inputs)
+        if reduce is not None and statistics.leader[target] is target:
+            reduce(statistics.observer(target))
         solve(target, statistics.observer(target))
         solved.add(target)
 
@@ -406,12 +502,13 @@ def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds) 
     return 1
 
 
-def _staged(block, targets, hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
+def _staged(block, targets, hidden, arguments, make_observer, solve, seconds, reduce=None) -> int:  # noqa: ANN001
     """True-sequential in batches: the first pass gives every target's statistics and the stages (groups of
     Linears fed the same tensor; all experts of one fused parameter), in call order; stage 0 is solved from
     it, and every later stage gets one more pass with the earlier stages pruned."""
     statistics = _Statistics(make_observer)
     _observe_pass(block, targets, hidden, arguments, statistics, seconds)
+    _reduce_all(statistics, targets, reduce)
     stages: dict[object, list[Target]] = {}
     for target, leader in statistics.leader.items():  # dicts keep the call order
         key = ("experts", id(target.parameter)) if target.expert is not None else leader
@@ -421,6 +518,7 @@ def _staged(block, targets, hidden, arguments, make_observer, solve, seconds) ->
         if number > 0:  # stage 0's statistics from the first pass are already exact
             statistics = _Statistics(make_observer)
             _observe_pass(block, stage, hidden, arguments, statistics, seconds)
+            _reduce_all(statistics, stage, reduce)
             passes += 1
         for target in stage:
             solve(target, statistics.observer(target))

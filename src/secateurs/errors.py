@@ -47,3 +47,7 @@ class PatternViolationError(SecateursError):
 
 class SemiStructuredError(SecateursError):
     """2:4 sparse tensor-core kernels cannot be used here (no CUDA, GPU too old, dtype, weights not 2:4)."""
+
+
+class ResumeError(SecateursError):
+    """An interrupted run cannot be resumed: no saved state, or one from other settings, or damaged."""

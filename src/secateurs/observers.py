@@ -12,18 +12,27 @@ from .errors import NumericalError
 
 # Rows per step: bounds the float32 temporary when squaring a large activation.
 _CHUNK_ROWS = 8192
+# Input rows kept to measure a layer's reconstruction error when only norms are streamed (Wanda's statistics).
+SAMPLE_ROWS = 256
 
 
 class InputNormObserver:
-    """Sum over calibration tokens of x_j^2 for each input feature j (Wanda's ||X_j||_2^2), in float32."""
+    """Sum over calibration tokens of x_j^2 for each input feature j (Wanda's ||X_j||_2^2).
+
+    Each batch is summed in float32 and accumulated in float64, so that the order in which batches (or ranks)
+    are added does not change the result at float32 precision.
+    """
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
-        self.sum_squares = torch.zeros(in_features, dtype=torch.float32, device=device)
-        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)  # for DSnoT's mean and variance
+        self.sum_squares = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(in_features, dtype=torch.float64, device=device)  # for DSnoT's mean and variance
         self.tokens = 0
+        self.sample: torch.Tensor | None = None
 
     def update(self, inputs: torch.Tensor) -> None:
         rows = inputs.reshape(-1, inputs.shape[-1])
+        if self.sample is None:  # rows spread over the first batch's positions, for the reconstruction error
+            self.sample = rows[:: max(1, rows.shape[0] // SAMPLE_ROWS)][:SAMPLE_ROWS].float().clone()
         for chunk in rows.split(_CHUNK_ROWS):
             chunk = chunk.float()
             self.sum_squares += chunk.square().sum(0).to(self.sum_squares.device)
@@ -36,19 +45,35 @@ class InputNormObserver:
         self.tokens += other.tokens
 
     def input_sum_squares(self) -> torch.Tensor:
-        return self.sum_squares
+        return self.sum_squares.float()
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.sum / max(self.tokens, 1)
+        return (self.sum / max(self.tokens, 1)).float()
 
     @property
     def variance(self) -> torch.Tensor:
-        return (self.sum_squares / max(self.tokens, 1) - self.mean.square()).clamp_min(0)
+        return (self.sum_squares / max(self.tokens, 1) - (self.sum / max(self.tokens, 1)).square()).clamp_min(0).float()
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of every rank (torch.distributed): each rank saw its share of the calibration."""
+        import torch.distributed as dist
+
+        for tensor in (self.sum_squares, self.sum):
+            dist.all_reduce(tensor)
+        self.tokens = _all_reduce_count(self.tokens, self.sum.device)
 
     def check_finite(self, layer: str) -> None:
         if not torch.isfinite(self.sum_squares).all():
             raise NumericalError(_not_finite(layer))
+
+    def relative_error(self, weight: torch.Tensor, pruned: torch.Tensor) -> float | None:
+        """||(W - W') X|| / ||W X|| on the sampled input rows."""
+        if self.sample is None:
+            return None
+        x = self.sample.to(weight.device)
+        reference = float(torch.linalg.norm(x @ weight.float().t()))
+        return float(torch.linalg.norm(x @ (weight.float() - pruned.float()).t())) / max(reference, 1e-30)
 
 
 class HessianObserver:
@@ -82,6 +107,16 @@ class HessianObserver:
             )
         self.tokens = total
 
+    def all_reduce(self) -> None:
+        """The mean over every rank's tokens: sum of H_r n_r, divided by the total count."""
+        import torch.distributed as dist
+
+        total = _all_reduce_count(self.tokens, self.hessian.device)
+        self.hessian.mul_(self.tokens)
+        dist.all_reduce(self.hessian)
+        self.hessian.div_(max(total, 1))
+        self.tokens = total
+
     def input_sum_squares(self) -> torch.Tensor:
         """sum over tokens of x_j^2, read off the diagonal (H_jj = 2 sum x_j^2 / n): Wanda's statistic."""
         return torch.diagonal(self.hessian) * (self.tokens / 2.0)
@@ -89,6 +124,22 @@ class HessianObserver:
     def check_finite(self, layer: str) -> None:
         if not torch.isfinite(self.hessian).all():
             raise NumericalError(_not_finite(layer))
+
+    def relative_error(self, weight: torch.Tensor, pruned: torch.Tensor) -> float:
+        """||(W - W') X|| / ||W X|| over every calibration token, exactly: sqrt(tr(dW H dW^T) / tr(W H W^T))."""
+        hessian = self.hessian.to(weight.device)
+        delta = weight.float() - pruned.float()
+        error = (delta @ hessian * delta).sum()
+        reference = (weight.float() @ hessian * weight.float()).sum()
+        return float((error.clamp_min(0) / reference.clamp_min(1e-30)).sqrt())
+
+
+def _all_reduce_count(count: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total)
 
 
 def _not_finite(layer: str) -> str:
@@ -114,6 +165,12 @@ class MomentObserver(HessianObserver):
     def merge(self, other: HessianObserver) -> None:
         super().merge(other)
         self.sum += other.sum.to(self.sum.device)
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(self.sum)
+        super().all_reduce()
 
     @property
     def mean(self) -> torch.Tensor:

@@ -39,9 +39,7 @@ def parse_pattern(text: str) -> NMPattern | None:
         raise RecipeError(f"pattern {text!r} is not understood: use 'unstructured' or N:M with whole numbers, e.g. 2:4")
     n, m = int(match[1]), int(match[2])
     if not 0 < n < m:
-        raise RecipeError(
-            f"pattern {text!r} keeps N={n} of every M={m} weights: N must satisfy 0 < N < M, e.g. 2:4 or 4:8"
-        )
+        raise RecipeError(f"pattern {text!r} keeps N={n} of every M={m} weights: give 0 < N < M, e.g. 2:4 or 4:8")
     return NMPattern(n, m)
 
 

@@ -225,7 +225,7 @@ class StructuredRecipe:
     def layers_to_remove(self, total: int) -> int:
         removed = self.remove if self.remove is not None else round(total * float(self.ratio))
         if removed >= total:
-            raise RecipeError(f"removing {removed} of {total} layers leaves none: keep at least one")
+            raise RecipeError(f"removing {removed} of {total} layers leaves none: give a smaller --remove or --ratio")
         return removed
 
     @property

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import OutputError
@@ -62,8 +63,36 @@ def write_folder_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
     return out
 
 
+def verify_saved(folder: Path, model: nn.Module) -> None:
+    """Read back every tensor written to ``folder`` and compare it with the model's: a short write (a full
+    disk, a dying drive) is caught before the folder takes its final name."""
+    from safetensors import safe_open
+
+    expected = model.state_dict()
+    saved: set[str] = set()
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                if name not in expected or not torch.equal(handle.get_tensor(name), expected[name].cpu()):
+                    raise OutputError(f"{file.name} does not hold {name} as written: check the disk, and run again")
+                saved.add(name)
+    stored = {expected[name].untyped_storage().data_ptr() for name in saved}
+    lost = [
+        name for name in expected if name not in saved and expected[name].untyped_storage().data_ptr() not in stored
+    ]
+    if lost:
+        raise OutputError(
+            f"the checkpoint written lacks {len(lost)} tensors ({lost[0]}, ...): check the disk, and run again"
+        )
+
+
 def save_checkpoint(
-    model: nn.Module, tokenizer: Any, out: str | Path, report: dict[str, Any], overwrite: bool = False
+    model: nn.Module,
+    tokenizer: Any,
+    out: str | Path,
+    report: dict[str, Any],
+    overwrite: bool = False,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` (safetensors), ``tokenizer``, the report ``secateurs.json`` and its readable form
     ``report.md`` (with its plots) to ``out``."""
@@ -75,5 +104,8 @@ def save_checkpoint(
             tokenizer.save_pretrained(partial)
         (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         write_markdown_report(report, partial)
+        if extra is not None:  # more files of the caller's (plots), inside the same atomic write
+            extra(partial)
+        verify_saved(partial, model)
 
     return write_folder_atomically(out, fill)

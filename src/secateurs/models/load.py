@@ -61,11 +61,14 @@ def load_model(
     ``source``: a folder with config.json and safetensors weights (or a packed checkpoint), a ``.gguf`` file,
     or a hub id (``org/name``). Pickle-only checkpoints are refused unless ``trust_pickle``: unpickling runs code.
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     torch_dtype = resolve_dtype(dtype)
     text = str(source)
+    if not text.strip():
+        raise ModelLoadError("the model path is empty: give a model folder, a .gguf file or a hub id")
     path = Path(text).expanduser()
     kwargs: dict = {}
     if text.lower().endswith(".gguf"):
@@ -85,7 +88,7 @@ def load_model(
             return load(path, dtype=torch_dtype)
         safetensors, pickles = _weight_files(path)
         if not safetensors and not pickles:
-            raise ModelLoadError(f"{text} holds no weight files (*.safetensors): is the download complete?")
+            raise ModelLoadError(f"{text} holds no weight files (*.safetensors): check that the download is complete")
         if not safetensors and not trust_pickle:
             raise ModelLoadError(
                 f"{text} has only pickle weights ({pickles[0].name}), which can run code when read: convert "
@@ -117,8 +120,10 @@ def load_model(
             location, dtype=torch_dtype, **{k: v for k, v in kwargs.items() if v is not None}
         )
         tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ModelLoadError(f"could not load {text}: {str(error).splitlines()[0]}") from error
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise ModelLoadError(
+            f"could not load {text}: {str(error).splitlines()[0]} (check the files, or download them again)"
+        ) from error
     quantizer = getattr(model, "hf_quantizer", None)
     if "gguf_file" in kwargs and quantizer is not None:
         # The weights are plain dequantized tensors now; without this the model refuses to be saved.

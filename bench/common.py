@@ -1,0 +1,39 @@
+"""What every bench script shares: its results file, written atomically with the machine and versions, and
+its block of the README, between two markers, rewritten from that file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def write_results(path: Path, results: dict, **facts: object) -> None:
+    """``results`` plus ``facts`` (protocol, model...), the machine and the library versions, as JSON; a
+    temporary file renamed over ``path``, so an interrupted bench never leaves half a file."""
+    from secateurs.report import machine, versions
+
+    results.update(facts, versions=versions(), machine=machine())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def replace_readme_block(begin: str, end: str, body: str) -> bool:
+    """Put ``body`` between the ``begin`` and ``end`` marker lines of the README (the end marker is added the
+    first time); False when the README has no ``begin`` marker."""
+    text = README.read_text()
+    block = f"{begin}\n{body}\n{end}"
+    if end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    elif begin in text:
+        text = text.replace(begin, block)
+    else:
+        return False
+    README.write_text(text)
+    return True

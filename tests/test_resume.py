@@ -1,0 +1,124 @@
+"""Crash and resume: a run killed (SIGKILL) after any block goes on with --resume and gives bit-identical
+weights; the same command twice gives bit-identical weights; a killed run leaves no output folder."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from secateurs.checkpoint import state_folder
+from secateurs.cli import main
+
+FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
+LAYERS = 6
+
+
+@pytest.fixture(scope="module")
+def deep_folder(tiny_folder, tmp_path_factory):
+    """The tiny tokenizer with a six-block Llama: crash points in the middle of the walk."""
+    folder = tmp_path_factory.mktemp("deep")
+    for file in tiny_folder.iterdir():
+        if "token" in file.name or file.name == "special_tokens_map.json":
+            (folder / file.name).write_bytes(file.read_bytes())
+    config = LlamaConfig.from_pretrained(tiny_folder)
+    config.num_hidden_layers = LAYERS
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def _weights(out):
+    tensors = {}
+    for file in sorted(out.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+def _run(folder, out, *args, kill_after=None):
+    env = dict(os.environ, SECATEURS_KILL_AFTER_BLOCK=str(kill_after)) if kill_after is not None else None
+    command = [sys.executable, "-m", "secateurs", "prune", str(folder), "--out", str(out), *FAST, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+RECIPES = {
+    "wanda-two-pass": ["--method", "wanda"],
+    "sparsegpt-one-pass": ["--method", "sparsegpt", "--pattern", "2:4"],
+    "wanda-owl-staged": ["--method", "wanda", "--allocation", "owl", "--true-sequential", "--batch-size", "2"],
+}
+
+
+@pytest.mark.crash_point
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_kill_at_a_random_block_then_resume_is_bit_identical(deep_folder, tmp_path, name):
+    args = RECIPES[name]
+    reference = tmp_path / "reference"
+    assert _run(deep_folder, reference, *args).returncode == 0
+
+    block = random.Random(name).randrange(LAYERS - 1)
+    out = tmp_path / "out"
+    killed = _run(deep_folder, out, *args, kill_after=block)
+    assert killed.returncode == -9
+    assert not out.exists() and not list(tmp_path.glob(".out.partial*"))  # no output, not even a partial one
+    saved = json.loads((state_folder(out) / "state.json").read_text())
+    assert saved["blocks_done"] == block + 1
+
+    resumed = _run(deep_folder, out, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not state_folder(out).exists()  # cleaned once the output is complete
+    expected, got = _weights(reference), _weights(out)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    report = json.loads((out / "secateurs.json").read_text())
+    assert len(report["layers"]) == len(json.loads((reference / "secateurs.json").read_text())["layers"])
+
+
+@pytest.mark.crash_point
+def test_the_same_command_twice_gives_the_same_weights(deep_folder, tmp_path):
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert _run(deep_folder, out, "--method", "sparsegpt").returncode == 0
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.bad_input
+def test_resume_refuses_what_it_cannot_continue(deep_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", str(deep_folder), "--out", str(out), *FAST, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert _run(deep_folder, out, "--method", "wanda", kill_after=2).returncode == -9
+    # another recipe than the interrupted one
+    assert main(["prune", str(deep_folder), "--out", str(out), *FAST, "--sparsity", "0.6", "--resume"]) == 2
+    assert "another model, recipe" in capsys.readouterr().err
+    # a damaged state file
+    block = state_folder(out) / "block-00001.safetensors"
+    block.write_bytes(block.read_bytes()[:-8] + b"\0" * 8)
+    assert main(["prune", str(deep_folder), "--out", str(out), *FAST, "--method", "wanda", "--resume"]) == 2
+    assert "damaged" in capsys.readouterr().err
+    # starting over without --resume works, and removes the old state
+    assert main(["prune", str(deep_folder), "--out", str(out), *FAST, "--method", "wanda"]) == 0
+    assert not state_folder(out).exists()
+
+
+def test_an_interrupted_run_says_how_to_resume(deep_folder, tmp_path, capsys, monkeypatch):
+    import secateurs.checkpoint
+
+    real = secateurs.checkpoint.WalkState.save_block
+
+    def interrupt_after_two(self, index, prefix, block, hidden):
+        real(self, index, prefix, block, hidden)
+        if index == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", interrupt_after_two)
+    out = tmp_path / "out"
+    assert main(["prune", str(deep_folder), "--out", str(out), *FAST]) == 130
+    assert "3 pruned blocks are saved: run the same command with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", real)
+    assert main(["prune", str(deep_folder), "--out", str(out), *FAST, "--resume"]) == 0
