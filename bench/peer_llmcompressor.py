@@ -43,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="folder for the pruned model and tokenizer")
     p.add_argument("--json", required=True, help="file for the measurements")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", default=None, choices=["owl"], help="llmcompressor's sparsity_profile (OWL allocation)")
     args = p.parse_args(argv)
     if not 0.0 < args.sparsity < 1.0:
         p.error("--sparsity must be in (0, 1)")
@@ -201,6 +202,8 @@ def main(argv=None) -> int:
         targets=layer_classes,  # prune the Linear layers inside each decoder block
         ignore=["re:.*lm_head"],
     )
+    if args.profile is not None:
+        common["sparsity_profile"] = args.profile  # the library's OWL defaults (M 5, lambda 0.08)
     if args.method == "wanda":
         modifier = WandaPruningModifier(**common)
     else:

@@ -54,12 +54,36 @@ SECATEURS: dict[str, dict] = {
     "wanda-50-obs-seq": {"method": "wanda", "update": "obs-seq"},
     "wanda-50-obs-iter": {"method": "wanda", "update": "obs-iter"},
 }
+# issue 5: allocation, variants and refinement at 50%, 60%, 70% and 2:4
+ALLOCATION: dict[str, dict] = {
+    "wanda-70": {"method": "wanda", "sparsity": 0.7},
+    "wanda-70-owl": {"method": "wanda", "sparsity": 0.7, "allocation": "owl"},
+    "wanda-70-variant": {"method": "wanda", "sparsity": 0.7, "variant": True},
+    "wanda-70-dsnot": {"method": "wanda", "sparsity": 0.7, "refine": "dsnot"},
+    "ria-70": {"method": "ria", "sparsity": 0.7},
+    "sparsegpt-70": {"method": "sparsegpt", "sparsity": 0.7},
+    "sparsegpt-70-owl": {"method": "sparsegpt", "sparsity": 0.7, "allocation": "owl"},
+    "wanda-60": {"method": "wanda", "sparsity": 0.6},
+    "wanda-60-owl": {"method": "wanda", "sparsity": 0.6, "allocation": "owl"},
+    "sparsegpt-60-owl": {"method": "sparsegpt", "sparsity": 0.6, "allocation": "owl"},
+    "sparsegpt-50-owl": {"method": "sparsegpt", "allocation": "owl"},
+    "wanda-50-true-sequential-dsnot": {"method": "wanda", "true_sequential": True, "refine": "dsnot"},
+    "ria-2:4": {"method": "ria", "pattern": "2:4"},
+    "wanda-2:4-true-sequential-dsnot": {
+        "method": "wanda",
+        "pattern": "2:4",
+        "true_sequential": True,
+        "refine": "dsnot",
+    },
+}
+SECATEURS.update(ALLOCATION)
 PEER = {
     "llmcompressor-wanda-50": ("wanda", "unstructured"),
     "llmcompressor-wanda-2:4": ("wanda", "2:4"),
     "llmcompressor-sparsegpt-50": ("sparsegpt", "unstructured"),
     "llmcompressor-sparsegpt-2:4": ("sparsegpt", "2:4"),
     "llmcompressor-sparsegpt-4:8": ("sparsegpt", "4:8"),
+    "llmcompressor-wanda-70-owl": ("wanda", "unstructured", 0.7, "owl"),
 }
 GROUPS = {
     "core": [
@@ -88,6 +112,7 @@ GROUPS = {
         "wanda-50-obs-seq",
         "wanda-50-obs-iter",
     ],
+    "allocation": [*ALLOCATION, "llmcompressor-wanda-70-owl"],
 }
 
 
@@ -143,6 +168,8 @@ def run_secateurs(name: str) -> dict:
         result.update(
             method=recipe.method,
             pattern=recipe.pattern,
+            target_sparsity=recipe.target_sparsity,
+            allocation=recipe.allocation,
             true_sequential=recipe.sequential,
             update=recipe.update,
             prune_s=report["prune_seconds"],
@@ -247,7 +274,7 @@ def main() -> None:
 
 
 def run_peer(name: str) -> dict:
-    method, pattern = PEER[name]
+    method, pattern, sparsity, profile = (*PEER[name], 0.5, None)[:4]
     python = (
         subprocess.run(["bash", str(ROOT / "bench" / "peer_env.sh")], stdout=subprocess.PIPE, text=True, check=True)
         .stdout.strip()
@@ -266,7 +293,8 @@ def run_peer(name: str) -> dict:
             "--method",
             method,
             "--sparsity",
-            "0.5",
+            str(sparsity),
+            *(["--profile", profile] if profile else []),
             "--pattern",
             pattern,
             "--out",

@@ -24,8 +24,8 @@ def peer_of(run: dict) -> str | None:
     if run.get("tool") != "secateurs" or method is None or (method == "magnitude" and update is None):
         return None
     peer_method = "sparsegpt" if method == "sparsegpt" or update else "wanda"
-    pattern = run.get("pattern", "unstructured")
-    return f"llmcompressor-{peer_method}-{'50' if pattern == 'unstructured' else pattern}"
+    owl = "-owl" if run.get("allocation") == "owl" else ""
+    return f"llmcompressor-{peer_method}-{_pattern_suffix(run)}{owl}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -66,7 +66,8 @@ def q_cpu_table(results: dict) -> str:
             "Floor measured in the same run (float32 unless named; forward passes of the calibration set through "
             "the decoder blocks, no hooks): "
             + ", ".join(
-                f"{key.removeprefix('one_pass_').removesuffix('_s')}: {value} s" for key, value in floor.items()
+                f"{key.removeprefix('one_pass_').removesuffix('_s')}: {value}{' s' if isinstance(value, float) else ''}"
+                for key, value in floor.items()
             )
             + ".",
         ]
@@ -132,7 +133,31 @@ def target_lines(results: dict) -> list[str]:
             _div(get(chunked, "peak_rss_mib"), get(peer, "peak_rss_mib")),
             0.6,
         )
+
+    # issue 5: the best secateurs recipe at a pattern, against uniform Wanda (70%) and llmcompressor's SparseGPT
+    def best(suffix: str) -> tuple[str, float] | tuple[None, None]:
+        ours = {
+            name: run["ppl"]
+            for name, run in runs.items()
+            if run.get("tool") == "secateurs" and run.get("method") and _pattern_suffix(run) == suffix
+        }
+        return min(ours.items(), key=lambda item: item[1]) if ours else (None, None)
+
+    name, ppl = best("70")
+    check(f"best 70% recipe ({name}) perplexity / uniform Wanda 70%'s", _div(ppl, get("wanda-70", "ppl")), 0.7)
+    for label, suffix in (("50%", "50"), ("2:4", "2:4")):
+        name, ppl = best(suffix)
+        peer = f"llmcompressor-sparsegpt-{suffix}"
+        check(f"best {label} recipe ({name}) perplexity / llmcompressor SparseGPT's", _div(ppl, get(peer, "ppl")), 0.7)
     return lines
+
+
+def _pattern_suffix(run: dict) -> str:
+    """'50', '70', '2:4': the pattern, or the target sparsity in percent for unstructured runs."""
+    pattern = run.get("pattern") or "unstructured"
+    if pattern != "unstructured":
+        return pattern
+    return str(round(100 * run.get("target_sparsity", 0.5)))
 
 
 def _div(a: float | None, b: float | None) -> float | None:
