@@ -64,25 +64,37 @@ def write_folder_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
 
 
 def verify_saved(folder: Path, model: nn.Module) -> None:
-    """Read back every tensor written to ``folder`` and compare it with the model's: a short write (a full
-    disk, a dying drive) is caught before the folder takes its final name."""
-    from safetensors import safe_open
+    """Read back every tensor written to ``folder``: a short write (a full disk, a dying drive) is caught
+    before the folder takes its final name. A tensor saved under its model name must equal the model's; as
+    transformers renames some on save (``lm_head`` -> ``embed_out``) and splits fused MoE experts into one
+    matrix per expert, the rest is checked by count: the elements written equal the model's."""
+    from safetensors import SafetensorError, safe_open
 
     expected = model.state_dict()
-    saved: set[str] = set()
+    written = 0
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                if name not in expected or not torch.equal(handle.get_tensor(name), expected[name].cpu()):
-                    raise OutputError(f"{file.name} does not hold {name} as written: check the disk, and run again")
-                saved.add(name)
-    stored = {expected[name].untyped_storage().data_ptr() for name in saved}
-    lost = [
-        name for name in expected if name not in saved and expected[name].untyped_storage().data_ptr() not in stored
-    ]
-    if lost:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    tensor = handle.get_tensor(name)
+                    written += tensor.numel()
+                    same_name = expected.get(name)
+                    if (
+                        same_name is not None
+                        and same_name.shape == tensor.shape
+                        and not torch.equal(tensor, same_name.cpu())
+                    ):
+                        raise OutputError(f"{file.name} does not hold {name} as written: check the disk, and run again")
+        except SafetensorError as error:
+            raise OutputError(f"{file.name} cannot be read back ({error}): check the disk, and run again") from error
+    storages: dict[int, int] = {}
+    for tensor in expected.values():  # tied weights are written once
+        pointer = tensor.untyped_storage().data_ptr()
+        storages[pointer] = max(storages.get(pointer, 0), tensor.numel())
+    if written != sum(storages.values()):
         raise OutputError(
-            f"the checkpoint written lacks {len(lost)} tensors ({lost[0]}, ...): check the disk, and run again"
+            f"the checkpoint written holds {written} weights, the model {sum(storages.values())}: check the disk, "
+            "and run again"
         )
 
 
