@@ -38,7 +38,7 @@ def test_hessian_observer_is_two_xtx_over_n_and_merges_exactly():
     torch.testing.assert_close(a.hessian, whole.hessian)
     norms = InputNormObserver(inputs.shape[1])
     norms.update(inputs)
-    torch.testing.assert_close(whole.input_sum_squares(), norms.sum_squares, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(whole.input_sum_squares(), norms.sum_squares.float(), rtol=1e-4, atol=1e-3)
 
 
 def test_obs_update_lowers_the_reconstruction_error_of_the_same_mask():
