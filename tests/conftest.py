@@ -87,3 +87,17 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"bad inputs: {bad[0]} tried, {bad[1]} clear errors; crash points: {crash[1]} survived (of {crash[0]})"
         )
+
+
+def interrupt_after_block(monkeypatch, last: int) -> None:
+    """Ctrl-C right after block ``last`` is saved: the run's state holds blocks 0..last."""
+    import secateurs.checkpoint
+
+    real = secateurs.checkpoint.WalkState.save_block
+
+    def save_then_interrupt(self, index, prefix, block, hidden):
+        real(self, index, prefix, block, hidden)
+        if index == last:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", save_then_interrupt)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import interrupt_after_block
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -69,19 +70,10 @@ def test_what_offload_cannot_do(tiny_folder, tmp_path, capsys):
 
 
 def test_offloaded_run_resumes(tiny_folder, tmp_path, capsys, monkeypatch):
-    import secateurs.checkpoint
-
-    real = secateurs.checkpoint.WalkState.save_block
-
-    def interrupt_after_first(self, index, prefix, block, hidden):
-        real(self, index, prefix, block, hidden)
-        if index == 0:
-            raise KeyboardInterrupt
-
     args = ["prune", str(tiny_folder), "--out", str(tmp_path / "out"), *FAST, "--offload", "disk"]
-    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", interrupt_after_first)
+    interrupt_after_block(monkeypatch, 0)
     assert main(args) == 130
-    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", real)
+    monkeypatch.undo()
     assert main([*args, "--resume"]) == 0
     assert main(["prune", str(tiny_folder), "--out", str(tmp_path / "whole"), *FAST, "--offload", "none"]) == 0
     a, b = _weights(tmp_path / "out"), _weights(tmp_path / "whole")

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import interrupt_after_block
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -107,18 +108,9 @@ def test_resume_refuses_what_it_cannot_continue(deep_folder, tmp_path, capsys):
 
 
 def test_an_interrupted_run_says_how_to_resume(deep_folder, tmp_path, capsys, monkeypatch):
-    import secateurs.checkpoint
-
-    real = secateurs.checkpoint.WalkState.save_block
-
-    def interrupt_after_two(self, index, prefix, block, hidden):
-        real(self, index, prefix, block, hidden)
-        if index == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", interrupt_after_two)
+    interrupt_after_block(monkeypatch, 2)
     out = tmp_path / "out"
     assert main(["prune", str(deep_folder), "--out", str(out), *FAST]) == 130
     assert "3 pruned blocks are saved: run the same command with --resume" in capsys.readouterr().err
-    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", real)
+    monkeypatch.undo()
     assert main(["prune", str(deep_folder), "--out", str(out), *FAST, "--resume"]) == 0
