@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -47,12 +48,15 @@ def build_big() -> dict:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    if (BIG / "config.json").exists():
+    if BIG.exists():
         return {}
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**BIG_CONFIG, tie_word_embeddings=False))
-    model.save_pretrained(BIG, max_shard_size="2GB")
-    AutoTokenizer.from_pretrained(MODEL).save_pretrained(BIG)
+    partial = BIG.with_name(BIG.name + ".partial")  # renamed when complete: an interrupted build is redone
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, max_shard_size="2GB")
+    AutoTokenizer.from_pretrained(MODEL).save_pretrained(partial)
+    partial.rename(BIG)
     return {}
 
 
