@@ -254,6 +254,10 @@ def main() -> None:
     if not native_bfloat16():
         names = [n for n in names if SECATEURS.get(n, {}).get("dtype") != "bfloat16"]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    if results.get("machine", {}).get("cpu") not in (None, _cpu()):
+        # figures of another machine kind are not comparable: a run on a new kind starts a new file
+        print(f"[q_cpu] {RESULTS.name} came from {results['machine']['cpu']}: starting anew", file=sys.stderr)
+        results = {"runs": {}}
     _child("--step", "prepare")
     for name in names:
         print(f"[q_cpu] {name} ...", file=sys.stderr, flush=True)
@@ -312,6 +316,12 @@ def run_peer(name: str) -> dict:
     result = {"name": name, "tool": "llmcompressor", **measured}
     result.update(_child("--step", "eval", "--arg", str(out)))
     return result
+
+
+def _cpu() -> str:
+    from secateurs.report import machine
+
+    return str(machine()["cpu"])
 
 
 def _write(results: dict) -> None:

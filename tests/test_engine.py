@@ -46,16 +46,81 @@ def _weights(model):
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def test_one_pass_and_staged_true_sequential_agree(calibration):
-    """The staged fallback (batches) must choose the same masks as the one-pass walk (whole batch)."""
-    one_pass, staged = tiny_model("llama"), tiny_model("llama")
-    r1 = prune(one_pass, Recipe("wanda", true_sequential=True), calibration, device="cpu", progress=False)
-    r2 = prune(staged, Recipe("wanda", true_sequential=True), calibration, device="cpu", batch_size=2, progress=False)
-    assert r1["walk"]["mode"] == "one-pass" and r2["walk"]["mode"] == "staged"
-    assert r2["walk"]["passes_per_block"] == 5  # q/k/v, o, gate/up, down, then the outputs
-    a, b = _weights(one_pass), _weights(staged)
-    agree = sum(int(((a[k] == 0) == (b[k] == 0)).sum()) for k in a) / sum(v.numel() for v in a.values())
-    assert agree > 0.999  # float32 sums in another order may flip a near tie
+def test_true_sequential_walks_agree(calibration, monkeypatch):
+    """Batches in lockstep, the whole batch at once, and the staged fallback choose the same masks."""
+    import secateurs.engine
+
+    models = {name: tiny_model("llama") for name in ("lockstep", "whole", "staged")}
+    recipe = Recipe("wanda", true_sequential=True)
+    lockstep = prune(models["lockstep"], recipe, calibration, device="cpu", batch_size=2, progress=False)
+    whole = prune(models["whole"], recipe, calibration, device="cpu", batch_size=8, progress=False)
+    monkeypatch.setattr(secateurs.engine, "one_pass_fits", lambda *args: False)  # activations "do not fit"
+    staged = prune(models["staged"], recipe, calibration, device="cpu", batch_size=2, progress=False)
+    assert [r["walk"]["mode"] for r in (lockstep, whole, staged)] == ["one-pass", "one-pass", "staged"]
+    assert lockstep["walk"]["batch_size"] == 2 and whole["walk"]["batch_size"] == 8
+    assert lockstep["walk"]["passes_per_block"] == 1
+    assert staged["walk"]["passes_per_block"] == 5  # q/k/v, o, gate/up, down, then the outputs
+    a = _weights(models["whole"])
+    for other in ("lockstep", "staged"):
+        b = _weights(models[other])
+        agree = sum(int(((a[k] == 0) == (b[k] == 0)).sum()) for k in a) / sum(v.numel() for v in a.values())
+        assert agree > 0.999, other  # float32 sums in another order may flip a near tie
+
+
+def test_lockstep_failure_in_one_batch_stops_every_batch(calibration):
+    """A solve that fails while the batches wait at a Linear: the error reaches the caller, and the waiting
+    batches are unwound (their hooks are gone: the model runs normally afterwards)."""
+    model = tiny_model("llama")
+    solved = []
+
+    def solve(target, observer):
+        solved.append(target.name)
+        if len(solved) == 4:
+            raise RuntimeError("solver failed")
+
+    with pytest.raises(RuntimeError, match="solver failed"):
+        walk(model, calibration, lambda t: None, solve, true_sequential=True, batch_size=2, progress=False)
+    assert len(solved) == 4
+    with torch.no_grad():
+        model(input_ids=calibration, use_cache=False)
+    assert len(solved) == 4
+
+
+def test_lockstep_refuses_batches_that_take_different_paths(calibration):
+    """A block whose Linears run in an order that depends on the data cannot be walked in lockstep."""
+    from torch import nn
+
+    from secateurs.errors import UnsupportedModelError
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, hidden):
+            first, second = (self.a, self.b) if hidden[0, 0, 0] > 0 else (self.b, self.a)
+            return second(first(hidden))
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(128, 8)
+            self.layers = nn.ModuleList([Block(), Block()])
+
+        def forward(self, input_ids, use_cache=False):
+            hidden = self.embed(input_ids)
+            for layer in self.layers:
+                hidden = layer(hidden)
+            return hidden
+
+    torch.manual_seed(0)
+    toy = Toy()
+    ids = torch.zeros(4, 4, dtype=torch.long)
+    ids[0], ids[1] = 1, 2
+    while (toy.embed.weight[1, 0] > 0) == (toy.embed.weight[2, 0] > 0):
+        toy.embed.weight.data[2, 0] *= -1
+    with pytest.raises(UnsupportedModelError, match="different paths"):
+        walk(toy, ids, lambda t: None, lambda t, o: None, true_sequential=True, batch_size=1, progress=False)
 
 
 def test_true_sequential_sees_pruned_inputs(calibration):

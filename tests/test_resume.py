@@ -50,7 +50,7 @@ def _run(folder, out, *args, kill_after=None):
 RECIPES = {
     "wanda-two-pass": ["--method", "wanda"],
     "sparsegpt-one-pass": ["--method", "sparsegpt", "--pattern", "2:4"],
-    "wanda-owl-staged": ["--method", "wanda", "--allocation", "owl", "--true-sequential", "--batch-size", "2"],
+    "wanda-owl-lockstep": ["--method", "wanda", "--allocation", "owl", "--true-sequential", "--batch-size", "2"],
 }
 
 
@@ -114,3 +114,22 @@ def test_an_interrupted_run_says_how_to_resume(deep_folder, tmp_path, capsys, mo
     assert "3 pruned blocks are saved: run the same command with --resume" in capsys.readouterr().err
     monkeypatch.undo()
     assert main(["prune", str(deep_folder), "--out", str(out), *FAST, "--resume"]) == 0
+
+
+def test_resume_keeps_the_interrupted_walk(deep_folder, tmp_path, capsys, monkeypatch):
+    """A run that fell back to the staged walk (activations did not fit) resumes staged, whatever memory says now."""
+    import secateurs.engine
+
+    args = ["--method", "wanda", "--true-sequential", "--batch-size", "2", *FAST]
+    monkeypatch.setattr(secateurs.engine, "one_pass_fits", lambda *a: False)
+    reference = tmp_path / "reference"
+    assert main(["prune", str(deep_folder), "--out", str(reference), *args]) == 0
+    assert json.loads((reference / "secateurs.json").read_text())["walk"]["mode"] == "staged"
+    out = tmp_path / "out"
+    interrupt_after_block(monkeypatch, 2)
+    assert main(["prune", str(deep_folder), "--out", str(out), *args]) == 130
+    monkeypatch.undo()  # memory "fits" again: a new run would take the one-pass walk
+    assert main(["prune", str(deep_folder), "--out", str(out), *args, "--resume"]) == 0
+    assert json.loads((out / "secateurs.json").read_text())["walk"]["mode"] == "staged"
+    expected, got = _weights(reference), _weights(out)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)

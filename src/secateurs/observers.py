@@ -12,6 +12,9 @@ from .errors import NumericalError
 
 # Rows per step: bounds the float32 temporary when squaring a large activation.
 _CHUNK_ROWS = 8192
+# Rows of H per product when accumulating its upper triangle: wide enough for an efficient matmul, narrow
+# enough that the square blocks computed twice (below the diagonal of each strip) stay a small share.
+_STRIP_ROWS = 128
 # Input rows kept to measure a layer's reconstruction error when only norms are streamed (Wanda's statistics).
 SAMPLE_ROWS = 256
 
@@ -81,22 +84,38 @@ class HessianObserver:
 
     ``device`` is where H is kept: the products are computed where the inputs are (the GPU) and added to
     H there, so keeping H on the CPU (``--hessians-on-cpu``) costs a copy per batch, not the product.
+    H is symmetric: each batch adds only its upper triangle, in strips of rows (a symmetric rank-k update,
+    about half the products of X^T X; torch has no syrk), and the lower triangle is filled when H is read.
     """
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
-        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self._matrix = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self._lower_stale = False
         self.tokens = 0
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        if self._lower_stale:
+            upper = torch.triu(self._matrix)
+            self._matrix = upper + torch.triu(upper, 1).t()
+            self._lower_stale = False
+        return self._matrix
 
     def update(self, inputs: torch.Tensor) -> None:
         rows = inputs.reshape(-1, inputs.shape[-1])
+        columns = rows.shape[1]
         for chunk in rows.split(_CHUNK_ROWS):
             total = self.tokens + chunk.shape[0]
             chunk = chunk.float()
-            if chunk.device == self.hessian.device:
-                self.hessian.addmm_(chunk.t(), chunk, beta=self.tokens / total, alpha=2.0 / total)
-            else:
-                product = (chunk.t() @ chunk).to(self.hessian.device)
-                self.hessian.mul_(self.tokens / total).add_(product, alpha=2.0 / total)
+            keep, add = self.tokens / total, 2.0 / total
+            for start in range(0, columns, _STRIP_ROWS):
+                strip = self._matrix[start : start + _STRIP_ROWS, start:]  # the upper triangle's rows, and more
+                left, right = chunk[:, start : start + _STRIP_ROWS].t(), chunk[:, start:]
+                if chunk.device == strip.device:
+                    strip.addmm_(left, right, beta=keep, alpha=add)
+                else:
+                    strip.mul_(keep).add_((left @ right).to(strip.device), alpha=add)
+            self._lower_stale = True
             self.tokens = total
 
     def merge(self, other: HessianObserver) -> None:
