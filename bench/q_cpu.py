@@ -43,6 +43,9 @@ SECATEURS: dict[str, dict] = {
     "wanda-4:8": {"method": "wanda", "pattern": "4:8"},
     "wanda-50-true-sequential": {"method": "wanda", "true_sequential": True},
     "wanda-50-true-sequential-bf16": {"method": "wanda", "true_sequential": True, "dtype": "bfloat16"},
+    # the model streamed from its safetensors file block by block (--offload disk), pruned blocks written out
+    "wanda-50-offload": {"method": "wanda", "offload": "disk"},
+    "sparsegpt-50-offload": {"method": "sparsegpt", "offload": "disk"},
     "sparsegpt-50": {"method": "sparsegpt"},
     "sparsegpt-2:4": {"method": "sparsegpt", "pattern": "2:4"},
     "sparsegpt-4:8": {"method": "sparsegpt", "pattern": "4:8"},
@@ -97,6 +100,7 @@ GROUPS = {
         "wanda-4:8",
         "wanda-50-true-sequential",
         "wanda-50-true-sequential-bf16",
+        "wanda-50-offload",
     ],
     "sparsegpt": [
         "sparsegpt-50",
@@ -107,6 +111,7 @@ GROUPS = {
         "llmcompressor-sparsegpt-4:8",
         "sparsegpt-50-no-true-sequential",
         "sparsegpt-2:4-no-true-sequential",
+        "sparsegpt-50-offload",
         "magnitude-50-obs-seq",
         "magnitude-50-obs-iter",
         "wanda-50-obs-seq",
@@ -158,6 +163,8 @@ def run_secateurs(name: str) -> dict:
     torch.set_num_threads(THREADS)
     options = dict(SECATEURS[name])
     dtype = options.pop("dtype", "float32")
+    if options.pop("offload", None):
+        return run_offloaded(name, Recipe(**options), dtype)
     model, tokenizer = load_model(MODEL, dtype)
     result: dict = {"name": name, "tool": "secateurs", "dtype": dtype}
     if options["method"] is not None:
@@ -180,6 +187,46 @@ def run_secateurs(name: str) -> dict:
     result["peak_rss_mib"] = peak_rss_mib()
     model.float()
     result["ppl"] = _eval(model, tokenizer)
+    return result
+
+
+def run_offloaded(name: str, recipe, dtype: str) -> dict:  # noqa: ANN001
+    """The CLI's path with ``--offload disk``: only the block being pruned is in memory; the pruned
+    checkpoint is written block by block, then evaluated in a fresh process."""
+    from secateurs import run_prune
+    from secateurs.report import peak_rss_mib
+
+    out = WORK / name.replace(":", "-")
+    report = run_prune(
+        str(MODEL),
+        recipe,
+        out,
+        calib=str(C4),  # the same windows as CALIB: the protocol's sampling, seed 0
+        nsamples=NSAMPLES,
+        seqlen=SEQLEN,
+        device="cpu",
+        dtype=dtype,
+        overwrite=True,
+        progress=False,
+        offload="disk",
+    )
+    result = {
+        "name": name,
+        "tool": "secateurs",
+        "dtype": dtype,
+        "method": recipe.method,
+        "pattern": recipe.pattern,
+        "target_sparsity": recipe.target_sparsity,
+        "allocation": recipe.allocation,
+        "true_sequential": recipe.sequential,
+        "update": recipe.update,
+        "offload": "disk",
+        "prune_s": report["prune_seconds"],
+        "sparsity": report["sparsity"],
+        "walk": report["walk"],
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    result.update(_child("--step", "eval", "--arg", str(out)))
     return result
 
 

@@ -44,6 +44,26 @@ def test_offloaded_equals_in_memory(tiny_folder, tmp_path, recipe):
     )
 
 
+def test_offloaded_model_with_tied_embeddings(tiny_folder, tmp_path):
+    """Most small models tie lm_head to the embedding: the source has no lm_head tensor, the output loads tied."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tied = tmp_path / "tied"
+    config = LlamaConfig.from_pretrained(tiny_folder, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tied)
+    for file in tiny_folder.iterdir():
+        if "token" in file.name:
+            (tied / file.name).write_bytes(file.read_bytes())
+    memory, disk = tmp_path / "memory", tmp_path / "disk"
+    assert main(["prune", str(tied), "--out", str(memory), *FAST, "--offload", "none"]) == 0
+    assert main(["prune", str(tied), "--out", str(disk), *FAST, "--offload", "disk"]) == 0
+    a, b = _weights(memory), _weights(disk)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    reloaded = AutoModelForCausalLM.from_pretrained(disk)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+
+
 def test_offloaded_bfloat16_output_is_in_the_run_dtype(tiny_folder, tmp_path):
     out = tmp_path / "out"
     assert main(["prune", str(tiny_folder), "--out", str(out), *FAST, "--offload", "disk", "--dtype", "bfloat16"]) == 0

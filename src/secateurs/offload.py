@@ -195,6 +195,7 @@ def open_offloaded(source: str | Path, dtype: torch.dtype) -> tuple[nn.Module, o
     config = AutoConfig.from_pretrained(folder)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # not done on meta tensors: an untied skeleton would ask the source for a tied head
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer, folder
