@@ -17,6 +17,7 @@ and ``solve(target, observer)`` (prunes ``target.weight()`` in place). Three wal
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import inspect
 import os
@@ -204,6 +205,25 @@ def observing(targets: list[Target], on_input: Callable[[Target, torch.Tensor], 
             handle.remove()
 
 
+def release_free_memory() -> None:
+    """Give the allocator's free pages back to the system (glibc's malloc_trim; nothing elsewhere). Between
+    blocks, freed activations and weights otherwise stay resident in malloc's arenas, fragmented: measured here
+    that is a few hundred MB of peak RSS over a walk, for about a millisecond a block."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
 def available_memory(device: torch.device | str = "cpu") -> int:
     device = torch.device(device)
     if device.type == "cuda":
@@ -318,6 +338,7 @@ def walk(
                 if state is not None:
                     state.save_block(index, f"{blocks_name}.{index}", block, inputs.hidden)
                 store.release(index, block)
+                release_free_memory()
                 seconds["write"] += time.perf_counter() - start
                 bar.update()
             bar.close()
