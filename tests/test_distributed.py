@@ -22,6 +22,7 @@ def _masks(folder):
         (["--method", "wanda"], 1.0),  # norms are accumulated in float64: the same masks
         (["--method", "wanda", "--allocation", "owl"], 1.0),
         (["--method", "sparsegpt"], 0.999),  # float32 Hessians summed in another order may flip a near-tie
+        (["--method", "sparsegpt", "--batch-size", "2"], 0.999),  # each rank's batches in lockstep
     ],
 )
 def test_two_processes_give_the_masks_of_one(tiny_folder, tmp_path, recipe, agreement):

@@ -287,12 +287,12 @@ def walk(
     samples = input_ids.shape[0]
     mode = "observe-only" if observe_only else "two-pass"
     if true_sequential and not observe_only:
-        if any(t.expert is not None for t in first_targets):
+        experts = any(t.expert is not None for t in first_targets)
+        if experts:
             batch_size = samples  # routing differs between batches: no lockstep, the whole batch at once
-        one_pass = reduce is None or batch_size != samples  # experts no token reached on a rank would skip a
-        # collective in the one-pass walk: reduce per stage instead
         fits = one_pass_fits(model, first_targets, input_ids, batch_size or DEFAULT_BATCH_SIZE, device)
-        mode = "one-pass" if one_pass and fits else "staged"
+        # an expert no token reached on a rank would skip a collective in the one-pass walk: reduce per stage
+        mode = "one-pass" if fits and not (experts and reduce is not None) else "staged"
         if not fits:
             batch_size = max(1, samples // 8)
     if state is not None and state.blocks_done:  # the interrupted run's walk, so that the result is identical
@@ -531,7 +531,7 @@ def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds, 
 
     start = time.perf_counter()
     solve_before = seconds["solve"]
-    if len(hidden) == 1:  # in this thread: the experts' torch-function mode is thread-local
+    if len(hidden) == 1:  # one batch (the whole batch: fused experts) needs no lockstep
 
         def on_input(target: Target, inputs: torch.Tensor) -> None:
             if feed(target, inputs):
