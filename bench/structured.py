@@ -99,6 +99,7 @@ def run_quality(name: str) -> dict:
     ids = evaluation_ids(WIKITEXT, tokenizer, EVAL_SEQLEN)
     result["ppl"] = perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
     folder = OUT / name
+    OUT.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, tokenizer, folder, {"bench": "structured", **result}, overwrite=True)
     result["file_bytes"] = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     return result
