@@ -4,7 +4,7 @@ spread over two processes.
     python bench/scale.py                  # both parts, writes bench/results/scale.json
     python bench/scale.py --only offload   # or: distributed
 
-offload: a random-initialized Llama-architecture model of about 1.5 B parameters in float32 (about 6 GB on disk),
+offload: a random-initialized Llama-architecture model of about 1.54 B parameters in float32 (about 6.2 GB on disk),
 built once in bench/work/llama-1.5b-random/. Wanda 50 % (16 calibration windows of 256 builtin tokens) runs twice,
 each in a fresh process: in memory, and with --offload disk. Reported: peak RSS (ru_maxrss of the pruning
 process, target at most 0.3x the model's size with offload), prune wall time (target at most 1.3x in memory), and
@@ -38,18 +38,21 @@ BIG_CONFIG = dict(
     num_hidden_layers=20,
     num_attention_heads=16,
     num_key_value_heads=16,
-    vocab_size=32000,
+    vocab_size=49152,  # SmolLM2's tokenizer, which the bench saves with it: every token id needs an embedding row
     max_position_embeddings=2048,
 )
 
 
 def build_big() -> dict:
-    """The random model, saved in 2 GB shards, with SmolLM2's tokenizer (any tokenizer fits its vocabulary)."""
+    """The random model, saved in 2 GB shards, with SmolLM2's tokenizer (its vocabulary is the model's)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if BIG.exists():
-        return {}
+        built = json.loads((BIG / "config.json").read_text())
+        if all(built.get(key) == value for key, value in BIG_CONFIG.items()):
+            return {}
+        shutil.rmtree(BIG)  # built by an earlier version of this script with another shape
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**BIG_CONFIG, tie_word_embeddings=False))
     partial = BIG.with_name(BIG.name + ".partial")  # renamed when complete: an interrupted build is redone

@@ -129,6 +129,19 @@ def test_pickle_only_checkpoint_is_refused(model_copy, tmp_path, capsys):
     assert main(["prune", str(model_copy), "--out", str(tmp_path / "o"), *FAST, "--trust-pickle"]) == 0
 
 
+def test_tokenizer_larger_than_the_embedding(model_copy, tmp_path, capsys):
+    """A tokenizer from another model: token ids beyond the embedding are a clear error, not an IndexError."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_copy)
+    model.resize_token_embeddings(100)  # the saved tokenizer has about 512 tokens
+    model.save_pretrained(model_copy)
+    out = tmp_path / "out"
+    err = _fails(capsys, ["prune", str(model_copy), "--out", str(out), *FAST], "outside the model's embedding")
+    assert "100 rows" in err
+    _nothing_written(tmp_path, out)
+
+
 def test_not_a_causal_lm(tmp_path, capsys):
     folder = tmp_path / "vit"
     config = ViTConfig(

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import WalkState
 from .errors import ResumeError, UnsupportedModelError
-from .models.discover import Target, find_blocks, find_targets
+from .models.discover import Target, check_token_ids, find_blocks, find_targets
 
 
 class Observer(Protocol):
@@ -142,6 +142,7 @@ def capture_block_inputs(
 
         return forward
 
+    check_token_ids(model, input_ids)
     for index, block in enumerate(blocks):
         block.forward = recorder(index, inspect.signature(block.forward))
     _move_outside_blocks(model, blocks, device)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models.discover import check_token_ids
+
 
 def window_nll(model: nn.Module, windows: torch.Tensor, chunk: int) -> torch.Tensor:
     """Mean next-token NLL of each window ``[batch, seqlen]`` -> ``[batch]`` float64.
@@ -58,6 +60,7 @@ def perplexity(
     progress: bool = True,
 ) -> float:
     """Perplexity of ``model`` on token ids ``[1, tokens]``, over its first ``max_windows`` windows."""
+    check_token_ids(model, ids)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     windows = ids[0, : (ids.shape[1] // seqlen) * seqlen].view(-1, seqlen)
     if max_windows is not None:

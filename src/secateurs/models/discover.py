@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..errors import UnsupportedModelError
+from ..errors import CalibrationError, UnsupportedModelError
 
 
 @dataclass(eq=False)
@@ -72,3 +72,19 @@ def find_targets(block: nn.Module, prefix: str, ignore: list[str] | tuple[str, .
                     for expert in range(parameter.shape[0]):
                         targets.append(Target(f"{name}.{parameter_name}.{expert}", module, parameter, expert))
     return [t for t in targets if not any(fnmatchcase(t.name, glob) for glob in ignore)]
+
+
+def check_token_ids(model: nn.Module, ids: torch.Tensor) -> None:
+    """Every token id must have a row in the model's input embedding: a tokenizer from another model (a larger
+    vocabulary) would otherwise fail deep inside the forward with an index error."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    if rows is None or ids.numel() == 0:
+        return
+    largest, smallest = int(ids.max()), int(ids.min())
+    if largest >= rows or smallest < 0:
+        bad = largest if largest >= rows else smallest
+        raise CalibrationError(
+            f"token id {bad} is outside the model's embedding of {rows} rows: the text was tokenized with a "
+            "tokenizer that does not belong to this model; use the model's own tokenizer (the one saved with it)"
+        )
