@@ -203,7 +203,8 @@ def main(argv=None) -> int:
         ignore=["re:.*lm_head"],
     )
     if args.profile is not None:
-        common["sparsity_profile"] = args.profile  # the library's OWL defaults (M 5, lambda 0.08)
+        # llmcompressor 0.14 asks for M and lambda with the profile: the OWL paper's (and secateurs') M 5, lambda 0.08
+        common.update(sparsity_profile=args.profile, owl_m=5, owl_lmbda=0.08)
     if args.method == "wanda":
         modifier = WandaPruningModifier(**common)
     else:
