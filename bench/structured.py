@@ -141,10 +141,8 @@ def targets(results: dict) -> list[str]:
                 f"- {with_refit} against {without}: the re-fit lowers perplexity by {gain:.0%} (target >= 20%): "
                 f"{verdict}"
             )
-    for row in results.get("speed", {}).get("models", []):
-        name = Path(row["source"]).name
+    for name, ratios in _decode_ratios(results).items():
         run = runs.get(name)
-        ratios = row.get("ratio_to_first") or {}
         if name == "dense" or run is None or ratios.get("decode_tokens_per_s") is None:
             continue
         ideal, achieved = run["ideal_speedup"], ratios["decode_tokens_per_s"]
@@ -163,11 +161,15 @@ def targets(results: dict) -> list[str]:
     return lines
 
 
+def _decode_ratios(results: dict) -> dict[str, dict]:
+    """Each measured model's speed ratios to dense (``ratio_to_first``), by configuration name."""
+    rows = results.get("speed", {}).get("models", [])
+    return {Path(row["source"]).name: row.get("ratio_to_first") or {} for row in rows}
+
+
 def _same_shape_spread(results: dict) -> float | None:
     """The largest decode-ratio difference between two models of the same shape (same matmul weights)."""
-    speed = {
-        Path(row["source"]).name: row.get("ratio_to_first") or {} for row in results.get("speed", {}).get("models", [])
-    }
+    speed = _decode_ratios(results)
     gaps = [
         abs(speed[a]["decode_tokens_per_s"] - speed[b]["decode_tokens_per_s"])
         for a, b in REFIT_PAIRS
@@ -180,7 +182,7 @@ def _same_shape_spread(results: dict) -> float | None:
 
 def table(results: dict) -> str:
     runs = results["runs"]
-    speed = {Path(row["source"]).name: row for row in results.get("speed", {}).get("models", [])}
+    speed = _decode_ratios(results)
     dense = runs.get("dense", {})
     lines = [
         f"Protocols **Q-CPU** (quality; {results['calibration']}; {results['evaluation']}) and **S** (speed: "
@@ -193,7 +195,7 @@ def table(results: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, run in runs.items():
-        ratios = speed.get(name, {}).get("ratio_to_first") or {}
+        ratios = speed.get(name, {})
         prefill, decode = ratios.get("prefill_tokens_per_s"), ratios.get("decode_tokens_per_s")
         lines.append(
             f"| {name} | {run.get('parameters_after', run.get('matmul_parameters')):,} | {run['ppl']:.2f} | "
