@@ -129,6 +129,40 @@ def _sparsity_report(mods, pattern: str) -> dict:
     }
 
 
+OWL_WORKAROUND = (
+    "llmcompressor 0.14's sparsity_profile='owl' cannot run: its OWL pass calls the basic pipeline from "
+    "on_initialize, which raises 'Cannot invoke event before initializing', and the per-layer dict it "
+    "returns would reach every module whole (on_calibration_start only indexes lists). So its own "
+    "_infer_owl_layer_sparsity (its activation norms and outlier mapping) runs here first, with plain "
+    "forward passes in place of the pipeline's events, and its result goes to the modifier as a list, "
+    "one sparsity per decoder layer in target order; owl_s is that pass's time, included in prune_s."
+)
+
+
+def _owl_sparsities(modifier_class, common: dict, model, loader) -> list:
+    """Per-decoder-layer sparsities from llmcompressor's own OWL code (see OWL_WORKAROUND)."""
+    import torch
+    from llmcompressor.modifiers.pruning.sparsegpt import sgpt_base
+    from llmcompressor.pipelines import basic
+    from llmcompressor.utils import calibration_forward_context
+
+    def forward_only(model, dataloader):
+        with torch.no_grad(), calibration_forward_context(model):
+            for batch in dataloader:
+                model(**batch)
+
+    # llmcompressor 0.14 asks for M and lambda with the profile: the OWL paper's (and secateurs') M 5, lambda 0.08
+    probe = modifier_class(**common, sparsity_profile="owl", owl_m=5, owl_lmbda=0.08)
+    layers = dict(sgpt_base.match_named_modules(model, common["targets"]))
+    saved = basic.run_calibration
+    basic.run_calibration = forward_only
+    try:
+        by_layer = probe._infer_owl_layer_sparsity(model, layers, loader)
+    finally:
+        basic.run_calibration = saved
+    return [float(by_layer[name]) for name in layers]
+
+
 class _Windows:
     """Map-style dataset: one calibration window per item, in file order."""
 
@@ -202,17 +236,17 @@ def main(argv=None) -> int:
         targets=layer_classes,  # prune the Linear layers inside each decoder block
         ignore=["re:.*lm_head"],
     )
-    if args.profile is not None:
-        # llmcompressor 0.14 asks for M and lambda with the profile: the OWL paper's (and secateurs') M 5, lambda 0.08
-        common.update(sparsity_profile=args.profile, owl_m=5, owl_lmbda=0.08)
-    if args.method == "wanda":
-        modifier = WandaPruningModifier(**common)
-    else:
-        modifier = SparseGPTModifier(**common)  # library defaults: block_size=128, dampening_frac=0.01
-
+    modifier_class = WandaPruningModifier if args.method == "wanda" else SparseGPTModifier
     # A DataLoader is handed to oneshot as is (llmcompressor skips its own dataset
     # processing then): batch size 1, sequential order, no truncation/padding.
     loader = DataLoader(_Windows(ids), batch_size=1, sampler=SequentialSampler(range(nsamples)), collate_fn=_collate)
+
+    owl_s = None
+    if args.profile is not None:
+        t0 = time.perf_counter()
+        common["sparsity"] = _owl_sparsities(modifier_class, common, model, loader)
+        owl_s = time.perf_counter() - t0
+    modifier = modifier_class(**common)  # library defaults (SparseGPT: block_size=128, dampening_frac=0.01)
 
     t0 = time.perf_counter()
     model = oneshot(
@@ -228,7 +262,7 @@ def main(argv=None) -> int:
         sequential_targets=layer_classes,
         output_dir=None,  # saved below, uncompressed
     )
-    prune_s = time.perf_counter() - t0
+    prune_s = time.perf_counter() - t0 + (owl_s or 0.0)
 
     report = _sparsity_report(mods, args.pattern)
 
@@ -265,6 +299,8 @@ def main(argv=None) -> int:
         "save_s": save_s,
         "peak_rss_mib": peak_rss_mib,
         "stripped_quantization_config": stripped,
+        "owl_s": owl_s,
+        "owl_workaround": None if owl_s is None else OWL_WORKAROUND,
         **report,
         "versions": {
             "python": platform.python_version(),
