@@ -140,6 +140,11 @@ def test_tokenizer_larger_than_the_embedding(model_copy, tmp_path, capsys):
     err = _fails(capsys, ["prune", str(model_copy), "--out", str(out), *FAST], "outside the model's embedding")
     assert "100 rows" in err
     _nothing_written(tmp_path, out)
+    # LoRA recovery checks its training windows before it spends any time on them
+    train = ["finetune", str(model_copy), "--out", str(out), "--steps", "2", "--batch-size", "1", "--seqlen", "32"]
+    err = _fails(capsys, [*train, "--data", "builtin", "--quiet", "--device", "cpu"], "outside the model's embedding")
+    assert "100 rows" in err
+    _nothing_written(tmp_path, out)
 
 
 def test_not_a_causal_lm(tmp_path, capsys):

@@ -17,7 +17,7 @@ from .. import data as data_module
 from ..errors import RecipeError
 from ..evaluate import perplexity
 from ..export import check_output_folder, save_checkpoint
-from ..models import find_blocks, find_targets, load_model, resolve_device
+from ..models import check_token_ids, find_blocks, find_targets, load_model, resolve_device
 from ..models.discover import Target
 from ..report import machine, peak_rss_mib, versions
 from ..report_md import new_figure
@@ -137,6 +137,9 @@ def run_training(
     model, tokenizer = load_model(model_source, dtype)
     windows = _windows(data, tokenizer, steps * batch_size, seqlen, seed)
     eval_ids = data_module.evaluation_ids(eval_dataset, tokenizer, eval_seqlen) if eval_dataset else None
+    for ids in (windows, eval_ids):
+        if ids is not None:
+            check_token_ids(model, ids)  # before any training time is spent
     timings["load"] = time.perf_counter() - start
     report: dict[str, Any] = {"kind": kind, "model": str(model_source)}
     start = time.perf_counter()
