@@ -138,7 +138,7 @@ def targets(results: dict) -> list[str]:
             if "dense" in runs and 0.8 * runs[without]["ppl"] < runs["dense"]["ppl"]:
                 verdict += f" (20% would be below dense's {runs['dense']['ppl']:.2f}: out of reach)"
             lines.append(
-                f"- {with_refit} against {without}: the re-fit lowers perplexity by {gain:.0%} (target >= 20%): "
+                f"- {with_refit} against {without}: the re-fit lowers perplexity by {gain:.1%} (target >= 20%): "
                 f"{verdict}"
             )
     for name, ratios in _decode_ratios(results).items():
