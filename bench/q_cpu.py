@@ -86,6 +86,7 @@ PEER = {
     "llmcompressor-sparsegpt-50": ("sparsegpt", "unstructured"),
     "llmcompressor-sparsegpt-2:4": ("sparsegpt", "2:4"),
     "llmcompressor-sparsegpt-4:8": ("sparsegpt", "4:8"),
+    "llmcompressor-wanda-70": ("wanda", "unstructured", 0.7),
     "llmcompressor-wanda-70-owl": ("wanda", "unstructured", 0.7, "owl"),
 }
 GROUPS = {
@@ -117,7 +118,7 @@ GROUPS = {
         "wanda-50-obs-seq",
         "wanda-50-obs-iter",
     ],
-    "allocation": [*ALLOCATION, "llmcompressor-wanda-70-owl"],
+    "allocation": [*ALLOCATION, "llmcompressor-wanda-70", "llmcompressor-wanda-70-owl"],
 }
 
 
@@ -325,7 +326,10 @@ def main() -> None:
 
 
 def run_peer(name: str) -> dict:
-    method, pattern, sparsity, profile = (*PEER[name], 0.5, None)[:4]
+    spec = PEER[name]  # (method, pattern[, sparsity (0.5)[, OWL profile]])
+    method, pattern = spec[:2]
+    sparsity = spec[2] if len(spec) > 2 else 0.5
+    profile = spec[3] if len(spec) > 3 else None
     python = (
         subprocess.run(["bash", str(ROOT / "bench" / "peer_env.sh")], stdout=subprocess.PIPE, text=True, check=True)
         .stdout.strip()
