@@ -142,7 +142,7 @@ OWL_WORKAROUND = (
 def _owl_sparsities(modifier_class, common: dict, model, loader) -> list:
     """Per-decoder-layer sparsities from llmcompressor's own OWL code (see OWL_WORKAROUND)."""
     import torch
-    from llmcompressor.modifiers.pruning.sparsegpt import sgpt_base
+    from compressed_tensors.utils import match_named_modules
     from llmcompressor.pipelines import basic
     from llmcompressor.utils import calibration_forward_context
 
@@ -153,7 +153,7 @@ def _owl_sparsities(modifier_class, common: dict, model, loader) -> list:
 
     # llmcompressor 0.14 asks for M and lambda with the profile: the OWL paper's (and secateurs') M 5, lambda 0.08
     probe = modifier_class(**common, sparsity_profile="owl", owl_m=5, owl_lmbda=0.08)
-    layers = dict(sgpt_base.match_named_modules(model, common["targets"]))
+    layers = dict(match_named_modules(model, common["targets"]))
     saved = basic.run_calibration
     basic.run_calibration = forward_only
     try:

@@ -61,15 +61,10 @@ def q_cpu_table(results: dict) -> str:
             f"{peer_name if peer else '-'} | {_ratio(run['ppl'], peer.get('ppl'))} | "
             f"{_ratio(prune_s, peer.get('prune_s'))} | {_ratio(run.get('peak_rss_mib'), peer.get('peak_rss_mib'))} |"
         )
-    if any(run.get("owl_workaround") for run in runs.values()):
-        lines += [
-            "",
-            "llmcompressor's OWL rows: 0.14's `sparsity_profile=\"owl\"` fails inside llmcompressor (its OWL pass "
-            "runs the calibration pipeline before the session is initialized, and its per-layer result would not "
-            "reach the modules), so `bench/peer_llmcompressor.py` calls llmcompressor's own "
-            "`_infer_owl_layer_sparsity` first and hands its per-layer sparsities to the modifier; that pass's time "
-            "is in the row's prune time.",
-        ]
+    # the peer script's own account of how it ran llmcompressor's OWL, written into its rows
+    workaround = next((run["owl_workaround"] for run in runs.values() if run.get("owl_workaround")), None)
+    if workaround:
+        lines += ["", f"llmcompressor's OWL rows (`bench/peer_llmcompressor.py`): {workaround}"]
     if floor:
         lines += [
             "",
