@@ -68,6 +68,7 @@ ALLOCATION: dict[str, dict] = {
     "sparsegpt-70-owl": {"method": "sparsegpt", "sparsity": 0.7, "allocation": "owl"},
     "wanda-60": {"method": "wanda", "sparsity": 0.6},
     "wanda-60-owl": {"method": "wanda", "sparsity": 0.6, "allocation": "owl"},
+    "sparsegpt-60": {"method": "sparsegpt", "sparsity": 0.6},
     "sparsegpt-60-owl": {"method": "sparsegpt", "sparsity": 0.6, "allocation": "owl"},
     "sparsegpt-50-owl": {"method": "sparsegpt", "allocation": "owl"},
     "wanda-50-true-sequential-dsnot": {"method": "wanda", "true_sequential": True, "refine": "dsnot"},
