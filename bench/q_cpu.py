@@ -284,6 +284,12 @@ def run_floor() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", help="configuration or group names (see SECATEURS, PEER, GROUPS, 'floor')")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help=f"the JSON to add to (default {RESULTS.relative_to(ROOT)}); one file holds one machine kind's figures",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,11 +308,11 @@ def main() -> None:
     names = [n for name in (args.only or list(GROUPS)) for n in GROUPS.get(name, [name])]
     if not native_bfloat16():
         names = [n for n in names if SECATEURS.get(n, {}).get("dtype") != "bfloat16"]
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    path = args.results
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     if results.get("machine", {}).get("cpu") not in (None, _cpu()):
-        # figures of another machine kind are not comparable: a run on a new kind starts a new file
-        print(f"[q_cpu] {RESULTS.name} came from {results['machine']['cpu']}: starting anew", file=sys.stderr)
-        results = {"runs": {}}
+        # times of another machine kind are not comparable: add to a file of this kind's own (--results)
+        sys.exit(f"{path} holds figures from {results['machine']['cpu']}, not {_cpu()}: name another file with --results")
     _child("--step", "prepare")
     for name in names:
         print(f"[q_cpu] {name} ...", file=sys.stderr, flush=True)
@@ -323,7 +329,7 @@ def main() -> None:
             print(f"[q_cpu] {name} failed: {error}", file=sys.stderr)
             continue
         print(f"[q_cpu] {name}: {json.dumps(results['runs'].get(name, results.get('floor')))}", file=sys.stderr)
-        _write(results)
+        _write(results, path)
 
 
 def run_peer(name: str) -> dict:
@@ -376,9 +382,9 @@ def _cpu() -> str:
     return str(machine()["cpu"])
 
 
-def _write(results: dict) -> None:
+def _write(results: dict, path: Path) -> None:
     write_results(
-        RESULTS,
+        path,
         results,
         protocol="Q-CPU",
         model=GGUF.name,
