@@ -198,3 +198,46 @@ class MomentObserver(HessianObserver):
     @property
     def second_moment(self) -> torch.Tensor:
         return self.hessian / 2
+
+
+class PairedMomentObserver(MomentObserver):
+    """The moments of a layer's inputs x in the model being pruned, and of its inputs x_d in the dense model on
+    the same tokens, with their cross moment E[x_d x^T]: what a re-fit toward the dense layer's output W x_d
+    needs (asymmetric calibration, as GPTAQ calls it: the re-fitted layer also makes up for the error that the
+    layers before it left in x). Fed by ``walk(..., reference=True)``."""
+
+    def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(in_features, device)
+        self.dense = MomentObserver(in_features, device)
+        self.cross = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+    def update(self, inputs: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        if reference is None or reference.shape != inputs.shape:
+            raise ValueError("a paired observer needs the dense model's inputs of these tokens: walk(reference=True)")
+        rows, dense_rows = inputs.reshape(-1, inputs.shape[-1]), reference.reshape(-1, inputs.shape[-1])
+        tokens = self.tokens
+        for chunk, dense_chunk in zip(rows.split(_CHUNK_ROWS), dense_rows.split(_CHUNK_ROWS), strict=True):
+            total = tokens + chunk.shape[0]
+            product = dense_chunk.float().t() @ chunk.float()
+            self.cross.mul_(tokens / total).add_(product.to(self.cross.device), alpha=1.0 / total)  # a running mean
+            tokens = total
+        super().update(inputs)
+        self.dense.update(reference)
+
+    def merge(self, other: HessianObserver) -> None:
+        assert isinstance(other, PairedMomentObserver)
+        total = self.tokens + other.tokens
+        if total:
+            self.cross.mul_(self.tokens / total).add_(other.cross.to(self.cross.device), alpha=other.tokens / total)
+        self.dense.merge(other.dense)
+        super().merge(other)
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        total = _all_reduce_count(self.tokens, self.cross.device)
+        self.cross.mul_(self.tokens)
+        dist.all_reduce(self.cross)
+        self.cross.div_(max(total, 1))
+        self.dense.all_reduce()
+        super().all_reduce()
