@@ -13,9 +13,6 @@ and ``solve(target, observer)`` (prunes ``target.weight()`` in place). Three wal
   slower per token on a CPU. Fused MoE experts (routing differs between batches) take the whole batch at once;
 * staged true-sequential, the fallback when the calibration activations do not fit in memory: one pass in
   batches per stage of Linears that share an input (q/k/v, o, gate/up, down), then one pass for the outputs.
-
-With ``reference=True`` the two-pass walk also carries the dense model's hidden states: each block first runs
-them unchanged, and the observers see both inputs of the same tokens (a re-fit toward the dense output).
 """
 
 from __future__ import annotations
