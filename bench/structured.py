@@ -46,9 +46,6 @@ CONFIGURATIONS: dict[str, dict] = {
     # the channels chosen for the re-fit (OBS: greedy elimination on the least-squares loss, ZipLM/OSSCAR)
     "mlp-25-obs": {"method": "width", "target": "mlp", "ratio": 0.25, "score": "obs"},
     "mlp-25-obs-no-refit": {"method": "width", "target": "mlp", "ratio": 0.25, "score": "obs", "reconstruct": False},
-    # the re-fit aimed at the dense model's output of the same tokens (--refit-target dense)
-    "mlp-25-dense": {"method": "width", "target": "mlp", "ratio": 0.25, "refit_target": "dense"},
-    "mlp-10-dense": {"method": "width", "target": "mlp", "ratio": 0.1, "refit_target": "dense"},
     "heads-3-of-9": {"method": "width", "target": "heads", "ratio": 1 / 3},
     "heads-3-of-9-no-refit": {"method": "width", "target": "heads", "ratio": 1 / 3, "reconstruct": False},
     "depth-3": {"method": "depth", "remove": 3},
@@ -59,8 +56,6 @@ REFIT_PAIRS = [
     ("mlp-25", "mlp-25-no-refit"),
     ("mlp-25-obs", "mlp-25-obs-no-refit"),
     ("mlp-25-obs", "mlp-25-no-refit"),  # re-fit with channels chosen for it, against the best plain removal
-    ("mlp-25-dense", "mlp-25-no-refit"),
-    ("mlp-10-dense", "mlp-10-no-refit"),
     ("heads-3-of-9", "heads-3-of-9-no-refit"),
 ]
 
@@ -224,12 +219,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", help="configuration names (dense and CONFIGURATIONS), or 'speed'")
     parser.add_argument("--readme", action="store_true", help="write the README block from the JSON and stop")
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=RESULTS,
-        help=f"the JSON to add to (default {RESULTS.relative_to(ROOT)}); one file holds one machine kind's figures",
-    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,16 +226,12 @@ def main() -> None:
         names = json.loads(args.arg)
         print(json.dumps(run_quality(names) if args.step == "quality" else run_speed(names)))
         return
-    path = args.results
-    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     if args.readme:
         write_readme(results)
         return
     if not (MODEL / "config.json").exists() or not CALIB.exists():
         sys.exit("run python bench/q_cpu.py --only dense first: it prepares the float32 model and the calibration")
-    cpu = results.get("machine", {}).get("cpu")
-    if cpu not in (None, _cpu()):  # times of another machine kind are not comparable
-        sys.exit(f"{path} holds figures from {cpu}, not {_cpu()}: name a file with --results")
     names = args.only or ["dense", *CONFIGURATIONS, "speed"]
     for name in names:
         start = time.perf_counter()
@@ -257,20 +242,13 @@ def main() -> None:
         else:
             results["runs"][name] = _child("--step", "quality", "--arg", json.dumps(name))
         print(f"[structured] {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        _write(results, path)
-    if path == RESULTS:
-        write_readme(results)
+        _write(results)
+    write_readme(results)
 
 
-def _cpu() -> str:
-    from secateurs.report import machine
-
-    return str(machine()["cpu"])
-
-
-def _write(results: dict, path: Path) -> None:
+def _write(results: dict) -> None:
     write_results(
-        path,
+        RESULTS,
         results,
         protocol=["Q-CPU", "S"],
         model=GGUF.name,

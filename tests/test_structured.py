@@ -70,42 +70,6 @@ def test_least_squares_refit_lowers_the_reconstruction_error(with_bias):
     assert refitted == pytest.approx(measured, rel=1e-3)
 
 
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_refit_toward_the_dense_output_solves_its_least_squares(with_bias):
-    """Inputs x that differ from the dense model's x_d (the error of the layers before): the re-fit toward
-    W x_d is the least-squares solution on the data, and its error against W x_d is below the local re-fit's."""
-    from secateurs.observers import PairedMomentObserver
-
-    generator = torch.Generator().manual_seed(1)
-    latent = torch.randn(3000, 6, generator=generator)
-    dense_inputs = latent @ torch.randn(6, 16, generator=generator) + 0.2 * torch.randn(3000, 16, generator=generator)
-    inputs = dense_inputs @ (torch.eye(16) + 0.3 * torch.randn(16, 16, generator=generator)) + 0.5
-    weight = torch.randn(5, 16, generator=generator)
-    bias = torch.randn(5, generator=generator) if with_bias else None
-    observer = PairedMomentObserver(16)
-    for rows, dense_rows in zip(inputs.split(700), dense_inputs.split(700), strict=True):  # batches
-        observer.update(rows, dense_rows)
-    torch.testing.assert_close(observer.cross, dense_inputs.t() @ inputs / 3000, rtol=1e-4, atol=1e-5)
-    keep = torch.arange(1, 16, 2)
-    second, mean = observer.second_moment, observer.mean
-    new_weight, new_bias = refit(weight, second, mean, keep, bias, 1e-7, (observer.cross, observer.dense.mean))
-    targets = dense_inputs @ weight.t() + (0 if bias is None else bias)
-    design = inputs[:, keep] if bias is None else torch.cat([inputs[:, keep], torch.ones(3000, 1)], 1)
-    solution = torch.linalg.lstsq(design.double(), targets.double()).solution.float().t()
-    torch.testing.assert_close(new_weight, solution[:, : len(keep)], rtol=1e-3, atol=1e-3)
-    if bias is not None:
-        torch.testing.assert_close(new_bias, solution[:, -1], rtol=1e-3, atol=1e-3)
-    dense = (observer.dense.second_moment, observer.cross, observer.dense.mean)
-    change = None if bias is None else new_bias - bias
-    error = reconstruction_error(weight, new_weight, keep, second, mean, change, dense)
-    approximations = inputs[:, keep] @ new_weight.t() + (0 if bias is None else new_bias)
-    measured = float((targets - approximations).norm() / (dense_inputs @ weight.t()).norm())
-    assert error == pytest.approx(measured, rel=1e-3)
-    local_weight, local_bias = refit(weight, second, mean, keep, bias, 1e-7)
-    local_change = None if bias is None else local_bias - bias
-    assert error < 0.9 * reconstruction_error(weight, local_weight, keep, second, mean, local_change, dense)
-
-
 # --- models --------------------------------------------------------------------------------------------
 
 
@@ -195,31 +159,9 @@ def test_refit_beats_plain_removal_on_a_model(calibration):
     assert all(refitted < plain for refitted, plain in zip(errors[True], errors[False], strict=True))
 
 
-def test_refit_toward_the_dense_model(calibration, tmp_path):
-    """--refit-target dense: each block's re-fit aims at the dense model's output, so the pruned model's last
-    hidden states stay closer to the dense model's than with the local re-fit; the model reloads."""
-    dense_model = tiny_model("llama")
-    with torch.no_grad():
-        dense_hidden = dense_model(calibration, output_hidden_states=True).hidden_states[-1]
-    distances = {}
-    for target in ("local", "dense"):
-        model = tiny_model("llama")
-        recipe = StructuredRecipe("width", target="mlp", ratio=0.5, multiple=8, refit_target=target)
-        report = prune(model, recipe, calibration, progress=False)
-        assert model.config.intermediate_size == 32
-        with torch.no_grad():
-            hidden = model(calibration, output_hidden_states=True).hidden_states[-1]
-        distances[target] = float((hidden - dense_hidden).norm())
-    assert distances["dense"] < distances["local"]
-    assert report["walk"]["mode"] == "two-pass"
-    _reload_matches(model, calibration, tmp_path, report)
-
-
 @pytest.mark.parametrize(
     "recipe,match",
     [
-        (dict(method="width", target="mlp", ratio=0.2, reconstruct=False, refit_target="dense"), "no-reconstruct"),
-        (dict(method="width", target="mlp", ratio=0.2, refit_target="teacher"), "local, dense"),
         (dict(method="width", target="mlp", ratio=1.0), r"\[0, 1\)"),
         (dict(method="width", target="mlp", ratio=-0.1), r"\[0, 1\)"),
         (dict(method="width", target="mlp"), "--ratio"),

@@ -60,7 +60,6 @@ def _recipe(args: argparse.Namespace) -> object:
             remove=args.remove,
             multiple=args.multiple,
             reconstruct=args.reconstruct,
-            refit_target=args.refit_target,
             score=args.score,
             head_grouping=args.head_grouping,
             allocation=args.allocation,

@@ -146,14 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="width: plain removal, no least-squares re-fit of the next projection",
     )
     structured.add_argument(
-        "--refit-target",
-        default="local",
-        choices=["local", "dense"],
-        help="width: the re-fit aims at the projection's output on the pruned model's inputs (local, default) "
-        "or at the dense model's output of the same tokens (dense: one more pass per block, and it also makes up "
-        "for the error of the blocks before)",
-    )
-    structured.add_argument(
         "--score",
         default=None,
         help="width: fluctuation (FLAP, default) or wanda; depth: perplexity (default) or block-influence",

@@ -271,7 +271,6 @@ def walk(
     state: WalkState | None = None,
     store: BlockStore | None = None,
     reduce: Callable[[Observer], None] | None = None,
-    reference: bool = False,
 ) -> WalkReport:
     """Prune every target of every decoder block of ``model`` in place, block by block.
 
@@ -280,8 +279,7 @@ def walk(
     after every block, and restored first when it holds finished blocks (``--resume``). ``store`` puts a block's
     weights on the device and takes them off (default: they live in memory; ``secateurs.offload`` reads them
     from disk). ``reduce`` completes an observer's statistics with the other ranks' before it is solved
-    (``secateurs.distributed``). ``reference``: the dense model's hidden states go along in a second stream
-    (two-pass walk only), and each observer is fed both inputs of the same tokens, ``update(x, x_dense)``.
+    (``secateurs.distributed``).
     """
     store = store or MemoryBlocks(torch.device(device))
     device = torch.device(device)
@@ -289,8 +287,6 @@ def walk(
     first_targets = find_targets(blocks[0], f"{blocks_name}.0", ignore) or find_targets(blocks[0], "")
     samples = input_ids.shape[0]
     mode = "observe-only" if observe_only else "two-pass"
-    if reference and (true_sequential or observe_only or state is not None or reduce is not None):
-        raise ValueError("a dense reference stream goes with the plain two-pass walk (no resume, one process)")
     if true_sequential and not observe_only:
         experts = any(t.expert is not None for t in first_targets)
         if experts:
@@ -325,7 +321,6 @@ def walk(
                 store.release_outside()
             seconds["capture"] = time.perf_counter() - start
             first = _restore(state, blocks, inputs)
-            dense_hidden = [hidden.clone() for hidden in inputs.hidden] if reference else None
             passes = 0
             bar = tqdm(blocks, desc="pruning", unit="block", disable=not progress, initial=first)
             for index, block in enumerate(blocks):
@@ -339,14 +334,7 @@ def walk(
                 step = {"two-pass": _two_pass, "one-pass": _one_pass, "staged": _staged, "observe-only": _observe_only}[
                     mode
                 ]
-                if dense_hidden is not None:
-                    passes += _two_pass_reference(
-                        block, targets, inputs.hidden, dense_hidden, arguments, make_observer, timed_solve, seconds
-                    )
-                else:
-                    passes += step(
-                        block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds, reduce
-                    )
+                passes += step(block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds, reduce)
                 start = time.perf_counter()
                 if state is not None:
                     state.save_block(index, f"{blocks_name}.{index}", block, inputs.hidden)
@@ -443,7 +431,7 @@ class _Statistics:
         self.observers: dict[Target, Observer | None] = {}
         self.last: dict[greenlet.greenlet, tuple[torch.Tensor, Target]] = {}  # per batch
 
-    def feed(self, target: Target, inputs: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+    def feed(self, target: Target, inputs: torch.Tensor) -> None:
         batch = greenlet.getcurrent()
         if target not in self.leader:
             last = self.last.get(batch)
@@ -458,7 +446,7 @@ class _Statistics:
         if self.leader[target] is target:
             observer = self.observers[target]
             if observer is not None:
-                observer.update(inputs) if reference is None else observer.update(inputs, reference)
+                observer.update(inputs)
 
     def observer(self, target: Target) -> Observer | None:
         """The target's statistics, or None when no input ever reached it (an expert no token was routed to)."""
@@ -524,38 +512,6 @@ def _two_pass(block, targets, hidden, arguments, make_observer, solve, seconds, 
     _pass(block, hidden, arguments, keep=True)
     seconds["propagate"] += time.perf_counter() - start
     return 2
-
-
-def _two_pass_reference(block, targets, hidden, dense_hidden, arguments, make_observer, solve, seconds) -> int:  # noqa: ANN001
-    """The two-pass walk with the dense model beside it. Per batch, the unchanged block runs the dense stream
-    first (each target's inputs kept; the output is the dense stream's next input), then the pruned stream,
-    each observer fed both inputs of the same tokens; then every target is solved and the pruned stream
-    propagated through the pruned block."""
-    statistics = _Statistics(make_observer)
-    dense_inputs: dict[Target, list[torch.Tensor]] = {}  # this batch's, in the dense stream
-
-    def keep(target: Target, inputs: torch.Tensor) -> None:
-        dense_inputs.setdefault(target, []).append(inputs)
-
-    def feed(target: Target, inputs: torch.Tensor) -> None:  # a weight used twice: its uses in order
-        statistics.feed(target, inputs, dense_inputs[target].pop(0))
-
-    start = time.perf_counter()
-    for j, batch in enumerate(hidden):
-        with observing(targets, keep):
-            dense_hidden[j] = run_block(block, dense_hidden[j], arguments[batch.shape[0]])
-        with observing(targets, feed):
-            run_block(block, batch, arguments[batch.shape[0]])
-        statistics.end_pass()
-        dense_inputs.clear()
-    seconds["observe"] += time.perf_counter() - start
-    for target in targets:
-        solve(target, statistics.observer(target))
-    statistics.observers.clear()
-    start = time.perf_counter()
-    _pass(block, hidden, arguments, keep=True)
-    seconds["propagate"] += time.perf_counter() - start
-    return 3
 
 
 def _one_pass(block, targets, hidden, arguments, make_observer, solve, seconds, reduce=None) -> int:  # noqa: ANN001

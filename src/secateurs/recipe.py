@@ -157,7 +157,6 @@ WIDTH_TARGETS = ("mlp", "heads")
 WIDTH_SCORES = ("fluctuation", "wanda", "obs")
 DEPTH_SCORES = ("perplexity", "block-influence")
 HEAD_GROUPINGS = ("queries", "kv-groups")
-REFIT_TARGETS = ("local", "dense")
 
 
 @dataclass
@@ -167,9 +166,7 @@ class StructuredRecipe:
     ``width``: remove ``ratio`` of every MLP's intermediate channels (``target="mlp"``, kept counts rounded to
     ``multiple``) or of every attention's query heads (``target="heads"``; ``head_grouping`` ``queries`` keeps
     the same number of query heads in every KV group, ``kv-groups`` removes whole groups), scored by ``score``
-    and, with ``reconstruct``, the next projection re-fitted by least squares, toward its own output on the
-    pruned model's inputs (``refit_target="local"``) or toward the dense model's output of the same tokens
-    (``"dense"``, which also makes up for the error of the blocks before). ``depth``: remove ``remove``
+    and, with ``reconstruct``, the next projection re-fitted by least squares. ``depth``: remove ``remove``
     decoder blocks (or ``ratio`` of them), chosen by ``score``.
     """
 
@@ -179,7 +176,6 @@ class StructuredRecipe:
     remove: int | None = None
     multiple: int = 64
     reconstruct: bool = True
-    refit_target: str = "local"
     score: str | None = None
     head_grouping: str = "queries"
     allocation: str = "uniform"
@@ -205,10 +201,6 @@ class StructuredRecipe:
                 raise RecipeError(f"score {self.score!r} is not a width score: choose {', '.join(WIDTH_SCORES)}")
             if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
                 raise RecipeError(f"multiple {self.multiple!r} must be a positive whole number, e.g. 64")
-            if self.refit_target not in REFIT_TARGETS:
-                raise RecipeError(f"refit target {self.refit_target!r}: choose {', '.join(REFIT_TARGETS)}")
-            if self.refit_target != "local" and not self.reconstruct:
-                raise RecipeError("--refit-target dense says what the re-fit aims at: drop --no-reconstruct")
             if self.head_grouping not in HEAD_GROUPINGS:
                 raise RecipeError(f"head grouping {self.head_grouping!r}: choose {', '.join(HEAD_GROUPINGS)}")
             if self.allocation != "uniform":

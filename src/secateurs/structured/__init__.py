@@ -17,7 +17,7 @@ from torch import nn
 from ..engine import walk
 from ..errors import RecipeError
 from ..models import Target, find_blocks
-from ..observers import MomentObserver, PairedMomentObserver
+from ..observers import MomentObserver
 from ..recipe import StructuredRecipe
 from . import depth
 from .config import check_config_describes, set_heads, set_intermediate_size
@@ -120,12 +120,9 @@ def _prune_width(
         if sizes is None:
             return {"layers": []}
         layers: list[dict[str, Any]] = []
-        dense_target = recipe.reconstruct and recipe.refit_target == "dense"
-
-        observer_class = PairedMomentObserver if dense_target else MomentObserver
 
         def make_observer(target: Target) -> MomentObserver | None:
-            return observer_class(target.in_features, target.weight().device) if id(target.module) in layouts else None
+            return MomentObserver(target.in_features, target.weight().device) if id(target.module) in layouts else None
 
         def solve(target: Target, observer: MomentObserver | None) -> None:
             if id(target.module) not in layouts:
@@ -142,14 +139,7 @@ def _prune_width(
                 set_heads(config, sizes["heads"], sizes["kv_heads"], layout.head_dim)
 
         walk_report = walk(
-            model,
-            calibration,
-            make_observer,
-            solve,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-            reference=dense_target,
+            model, calibration, make_observer, solve, batch_size=batch_size, device=device, progress=progress
         )
     finally:
         for block in blocks:
@@ -213,15 +203,12 @@ def _refit_reader(module: nn.Module, observer: MomentObserver, keep: torch.Tenso
     weight = weight_matrix(module).float()
     bias = module.bias.data.float() if getattr(module, "bias", None) is not None else None
     second, mean = observer.second_moment, observer.mean
-    paired = observer if isinstance(observer, PairedMomentObserver) else None  # the target is the dense output
     if recipe.reconstruct:
-        dense = None if paired is None else (paired.cross, paired.dense.mean)
-        new_weight, new_bias = refit(weight, second, mean, keep, bias, recipe.dampening, dense)
+        new_weight, new_bias = refit(weight, second, mean, keep, bias, recipe.dampening)
     else:
         new_weight, new_bias = weight[:, keep], None
     change = None if new_bias is None else new_bias - bias
-    dense_moments = None if paired is None else (paired.dense.second_moment, paired.cross, paired.dense.mean)
-    error = reconstruction_error(weight, new_weight, keep, second, mean, change, dense_moments)
+    error = reconstruction_error(weight, new_weight, keep, second, mean, change)
     set_input_weight(module, new_weight, new_bias)
     return error
 

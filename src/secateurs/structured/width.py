@@ -79,7 +79,6 @@ def refit(
     keep: torch.Tensor,
     bias: torch.Tensor | None = None,
     dampening: float = 0.01,
-    dense: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Least-squares re-fit of ``weight`` [out, in] on the kept input channels ``keep`` (indices).
 
@@ -88,26 +87,21 @@ def refit(
     bias absorbs the mean of what was removed, b' = b + W mu - W' mu_K (OSSCAR/FLAP-style reconstruction with bias
     compensation). The ridge pulls toward plain removal (W_:K), not toward zero, so the re-fit is never worse than
     plain removal on the calibration data; lambda is ``dampening`` times mean(diag A_KK).
-
-    ``dense``: (C, mu_d), the cross moment C = E[x_d x^T] with the dense model's inputs x_d of the same tokens and
-    their mean; the target is then the dense layer's output W x_d: W A_:K becomes W C_:K and W mu becomes W mu_d.
     Returns (W' [out, |K|] float32, b' or None).
     """
     W = weight.float()
     A = second_moment.float()
-    C, dense_mean = (A, mean) if dense is None else (dense[0].float(), dense[1])
     if bias is not None:
         A = A - torch.outer(mean, mean)
-        C = C - torch.outer(dense_mean, mean)
     A_keep = A.index_select(0, keep).index_select(1, keep)
     ridge = dampening * torch.diagonal(A_keep).mean().clamp_min(1e-8)
     A_keep = A_keep + ridge * torch.eye(len(keep), device=A.device)
-    right = W @ C.index_select(1, keep) + ridge * W.index_select(1, keep)  # [out, |K|]
+    right = W @ A.index_select(1, keep) + ridge * W.index_select(1, keep)  # [out, |K|]
     factor = torch.linalg.cholesky(A_keep)
     refitted = torch.cholesky_solve(right.t(), factor).t()
     if bias is None:
         return refitted, None
-    new_bias = bias.float() + W @ dense_mean - refitted @ mean.index_select(0, keep)
+    new_bias = bias.float() + W @ mean - refitted @ mean.index_select(0, keep)
     return refitted, new_bias
 
 
@@ -118,26 +112,14 @@ def reconstruction_error(
     second_moment: torch.Tensor,
     mean: torch.Tensor,
     bias_change: torch.Tensor | None = None,
-    dense: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> float:
-    """Relative output error sqrt(E||W x - W' x_K - db||^2 / E||W x||^2), from the moments alone.
-
-    ``dense``: (R, C, mu_d) = (E[x_d x_d^T], E[x_d x^T], E[x_d]) of the dense model's inputs x_d of the same
-    tokens; the error is then against the dense output, sqrt(E||W x_d - W' x_K - db||^2 / E||W x_d||^2)."""
+    """Relative output error sqrt(E||W x - W' x_K - db||^2 / E||W x||^2), from the moments alone."""
     W = weight.float()
     full = torch.zeros_like(W)
     full[:, keep] = new_weight.float()
-    if dense is None:  # the same inputs: the difference of the weights, without cancellation
-        delta = W - full
-        reference = torch.einsum("oi,ij,oj->", W, second_moment, W)
-        error = torch.einsum("oi,ij,oj->", delta, second_moment, delta)
-        offset = delta @ mean
-    else:
-        R, C, dense_mean = dense
-        reference = torch.einsum("oi,ij,oj->", W, R, W)
-        error = reference - 2 * torch.einsum("oi,ij,oj->", W, C, full)
-        error = error + torch.einsum("oi,ij,oj->", full, second_moment, full)
-        offset = W @ dense_mean - full @ mean
+    delta = W - full
+    error = torch.einsum("oi,ij,oj->", delta, second_moment, delta)
     if bias_change is not None:
-        error = error - 2 * offset @ bias_change + bias_change.square().sum()
+        error = error - 2 * (delta @ mean) @ bias_change + bias_change.square().sum()
+    reference = torch.einsum("oi,ij,oj->", W, second_moment, W)
     return float((error.clamp_min(0) / reference.clamp_min(1e-30)).sqrt())
