@@ -312,7 +312,7 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     if results.get("machine", {}).get("cpu") not in (None, _cpu()):
         # times of another machine kind are not comparable: add to a file of this kind's own (--results)
-        sys.exit(f"{path} holds figures from {results['machine']['cpu']}, not {_cpu()}: name another file with --results")
+        sys.exit(f"{path} holds figures from {results['machine']['cpu']}, not {_cpu()}: name a file with --results")
     _child("--step", "prepare")
     for name in names:
         print(f"[q_cpu] {name} ...", file=sys.stderr, flush=True)

@@ -219,6 +219,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", help="configuration names (dense and CONFIGURATIONS), or 'speed'")
     parser.add_argument("--readme", action="store_true", help="write the README block from the JSON and stop")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help=f"the JSON to add to (default {RESULTS.relative_to(ROOT)}); one file holds one machine kind's figures",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -226,12 +232,16 @@ def main() -> None:
         names = json.loads(args.arg)
         print(json.dumps(run_quality(names) if args.step == "quality" else run_speed(names)))
         return
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    path = args.results
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     if args.readme:
         write_readme(results)
         return
     if not (MODEL / "config.json").exists() or not CALIB.exists():
         sys.exit("run python bench/q_cpu.py --only dense first: it prepares the float32 model and the calibration")
+    cpu = results.get("machine", {}).get("cpu")
+    if cpu not in (None, _cpu()):  # times of another machine kind are not comparable
+        sys.exit(f"{path} holds figures from {cpu}, not {_cpu()}: name a file with --results")
     names = args.only or ["dense", *CONFIGURATIONS, "speed"]
     for name in names:
         start = time.perf_counter()
@@ -242,13 +252,20 @@ def main() -> None:
         else:
             results["runs"][name] = _child("--step", "quality", "--arg", json.dumps(name))
         print(f"[structured] {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        _write(results)
-    write_readme(results)
+        _write(results, path)
+    if path == RESULTS:
+        write_readme(results)
 
 
-def _write(results: dict) -> None:
+def _cpu() -> str:
+    from secateurs.report import machine
+
+    return str(machine()["cpu"])
+
+
+def _write(results: dict, path: Path) -> None:
     write_results(
-        RESULTS,
+        path,
         results,
         protocol=["Q-CPU", "S"],
         model=GGUF.name,
