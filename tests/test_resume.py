@@ -133,3 +133,22 @@ def test_resume_keeps_the_interrupted_walk(deep_folder, tmp_path, capsys, monkey
     assert json.loads((out / "secateurs.json").read_text())["walk"]["mode"] == "staged"
     expected, got = _weights(reference), _weights(out)
     assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_streamed_inputs_file_is_a_safetensors_file(tmp_path, dtype):
+    """The state's calibration inputs are written tensor by tensor; safetensors itself reads them back."""
+    from safetensors import safe_open
+
+    from secateurs.checkpoint import save_tensors_streaming
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {f"batch.{j:05d}": (torch.randn(j + 1, 3, 5, generator=generator) * 100).to(dtype) for j in range(3)}
+    tensors["batch.00003"] = tensors["batch.00001"][:, 1:]  # not contiguous
+    save_tensors_streaming(tensors, tmp_path / "inputs.safetensors")
+    loaded = load_file(str(tmp_path / "inputs.safetensors"))
+    assert list(loaded) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == dtype and torch.equal(loaded[name], tensor)
+    with safe_open(str(tmp_path / "inputs.safetensors"), framework="pt") as handle:
+        assert handle.get_slice("batch.00002").get_shape() == [3, 3, 5]
