@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,19 @@ def write_results(path: Path, results: dict, **facts: object) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(temporary, path)
+
+
+def read_results(path: Path, *, adding: bool) -> dict:
+    """The results file at ``path`` (empty runs when there is none). ``adding``: new figures go in, so a file
+    from another machine kind is an error (its times are not comparable with this machine's)."""
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    if adding:
+        from secateurs.report import machine
+
+        theirs, ours = results.get("machine", {}).get("cpu"), str(machine()["cpu"])
+        if theirs not in (None, ours):
+            sys.exit(f"{path} holds figures from {theirs}, not {ours}: name a file with --results")
+    return results
 
 
 def replace_readme_block(begin: str, end: str, body: str) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import write_results  # noqa: E402
+from common import read_results, write_results  # noqa: E402
 
 SHARED = Path(os.environ.get("SECATEURS_SHARED", ROOT.parent / "shared")).resolve()
 GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -309,10 +309,7 @@ def main() -> None:
     if not native_bfloat16():
         names = [n for n in names if SECATEURS.get(n, {}).get("dtype") != "bfloat16"]
     path = args.results
-    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    if results.get("machine", {}).get("cpu") not in (None, _cpu()):
-        # times of another machine kind are not comparable: add to a file of this kind's own (--results)
-        sys.exit(f"{path} holds figures from {results['machine']['cpu']}, not {_cpu()}: name a file with --results")
+    results = read_results(path, adding=True)
     _child("--step", "prepare")
     for name in names:
         print(f"[q_cpu] {name} ...", file=sys.stderr, flush=True)
@@ -374,12 +371,6 @@ def run_peer(name: str) -> dict:
     result = {"name": name, "tool": "llmcompressor", **measured}
     result.update(_child("--step", "eval", "--arg", str(out)))
     return result
-
-
-def _cpu() -> str:
-    from secateurs.report import machine
-
-    return str(machine()["cpu"])
 
 
 def _write(results: dict, path: Path) -> None:

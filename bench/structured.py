@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import replace_readme_block, write_results  # noqa: E402
+from common import read_results, replace_readme_block, write_results  # noqa: E402
 from q_cpu import CALIB, EVAL_SEQLEN, EVAL_WINDOWS, GGUF, MODEL, THREADS, WIKITEXT, WORK  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "structured.json"
@@ -233,15 +233,12 @@ def main() -> None:
         print(json.dumps(run_quality(names) if args.step == "quality" else run_speed(names)))
         return
     path = args.results
-    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     if args.readme:
-        write_readme(results)
+        write_readme(read_results(path, adding=False))
         return
     if not (MODEL / "config.json").exists() or not CALIB.exists():
         sys.exit("run python bench/q_cpu.py --only dense first: it prepares the float32 model and the calibration")
-    cpu = results.get("machine", {}).get("cpu")
-    if cpu not in (None, _cpu()):  # times of another machine kind are not comparable
-        sys.exit(f"{path} holds figures from {cpu}, not {_cpu()}: name a file with --results")
+    results = read_results(path, adding=True)
     names = args.only or ["dense", *CONFIGURATIONS, "speed"]
     for name in names:
         start = time.perf_counter()
@@ -255,12 +252,6 @@ def main() -> None:
         _write(results, path)
     if path == RESULTS:
         write_readme(results)
-
-
-def _cpu() -> str:
-    from secateurs.report import machine
-
-    return str(machine()["cpu"])
 
 
 def _write(results: dict, path: Path) -> None:

@@ -72,8 +72,8 @@ _SAFETENSORS_DTYPES = {
 
 def save_tensors_streaming(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write ``tensors`` as a safetensors file one tensor at a time. ``safetensors.torch.save_file`` first
-    builds the whole file in memory: for the calibration inputs (151 MB for SmolLM2 at 128 x 512) that copy,
-    made after every block, was the walk's peak resident memory."""
+    builds the whole file in memory: for the calibration inputs (151 MB for SmolLM2 at 128 x 512) that is a
+    second copy of them, made after every block."""
     header: dict[str, Any] = {}
     offset = 0
     for name, tensor in tensors.items():
