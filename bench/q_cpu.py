@@ -46,6 +46,14 @@ SECATEURS: dict[str, dict] = {
     # the model streamed from its safetensors file block by block (--offload disk), pruned blocks written out
     "wanda-50-offload": {"method": "wanda", "offload": "disk"},
     "sparsegpt-50-offload": {"method": "sparsegpt", "offload": "disk"},
+    # issue 3's memory mode: calibration in chunks (--no-true-sequential), the model streamed from its file
+    "sparsegpt-50-no-true-sequential-offload": {"method": "sparsegpt", "true_sequential": False, "offload": "disk"},
+    "sparsegpt-2:4-no-true-sequential-offload": {
+        "method": "sparsegpt",
+        "pattern": "2:4",
+        "true_sequential": False,
+        "offload": "disk",
+    },
     "sparsegpt-50": {"method": "sparsegpt"},
     "sparsegpt-2:4": {"method": "sparsegpt", "pattern": "2:4"},
     "sparsegpt-4:8": {"method": "sparsegpt", "pattern": "4:8"},
@@ -114,6 +122,8 @@ GROUPS = {
         "sparsegpt-50-no-true-sequential",
         "sparsegpt-2:4-no-true-sequential",
         "sparsegpt-50-offload",
+        "sparsegpt-50-no-true-sequential-offload",
+        "sparsegpt-2:4-no-true-sequential-offload",
         "magnitude-50-obs-seq",
         "magnitude-50-obs-iter",
         "wanda-50-obs-seq",

@@ -153,6 +153,11 @@ def target_lines(results: dict) -> list[str]:
             _div(get(chunked, "peak_rss_mib"), get(peer, "peak_rss_mib")),
             0.6,
         )
+        check(
+            f"SparseGPT {pattern} --no-true-sequential --offload disk peak RSS / llmcompressor's",
+            _div(get(f"{chunked}-offload", "peak_rss_mib"), get(peer, "peak_rss_mib")),
+            0.6,
+        )
 
     # issue 5: the best secateurs recipe at a pattern, against uniform Wanda (70%) and llmcompressor's SparseGPT
     def best(suffix: str) -> tuple[str, float] | tuple[None, None]:

@@ -16,7 +16,7 @@ from torch import nn
 from . import data as data_module
 from . import distributed
 from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
-from .engine import BlockStore, walk
+from .engine import BlockStore, fix_mmap_threshold, walk
 from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
 from .evaluate import perplexity
 from .evaluate.zero_shot import check_options, load_tasks, zero_shot
@@ -270,6 +270,7 @@ def run_prune(
     corpus = data_module.load_corpus(calib) if needs_calibration else None
     store = None
     if offloaded:
+        fix_mmap_threshold()  # memory first: freed activations go back to the system (see the function)
         model, tokenizer, folder = open_offloaded(model_source, resolve_dtype(dtype))
         store = DiskBlocks(model, folder, resolve_dtype(dtype), torch_device)
     else:
