@@ -41,7 +41,7 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
-def q_cpu_table(results: dict, file_name: str = "q_cpu.json") -> str:
+def q_cpu_table(results: dict, file_name: str) -> str:
     runs = results["runs"]
     floor = results.get("floor", {})
     cpu = results["machine"].get("cpu", results["machine"].get("processor"))

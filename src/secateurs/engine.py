@@ -214,18 +214,19 @@ def release_free_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+
+
 def fix_mmap_threshold() -> None:
     """Give every allocation of 1 MiB or more its own mapping, returned to the system when freed (glibc's
     mallopt; nothing elsewhere, nor when the user set MALLOC_MMAP_THRESHOLD_). glibc's default threshold rises
     to the size of each large block freed, after which activations come from the heap and fragment it: on
-    the Q-CPU walk that cost about 200-300 MB of peak RSS that malloc_trim between blocks did not give back.
-    The price is a page fault per fresh activation, about 23% more walk time on that protocol, so only the
-    memory-first mode (``--offload disk``) sets it."""
+    the Q-CPU walk that cost 150-350 MB of peak RSS that malloc_trim between blocks did not give back.
+    The price is a page fault per fresh activation: in memory, Wanda's Q-CPU walk took 23% longer (offloaded,
+    SparseGPT's took 30% longer and Wanda's no longer), so only the memory-first mode (``--offload disk``)
+    sets it."""
     if _LIBC is not None and hasattr(_LIBC, "mallopt") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-
-
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 
 
 def _glibc() -> ctypes.CDLL | None:
