@@ -196,6 +196,8 @@ def run_secateurs(name: str) -> dict:
             walk=report["walk"],
             layer_notes=notes,
         )
+        if "block_sparsities" in report["allocation"]:  # compared with the peer's list in its row's modifier
+            result["block_sparsities"] = report["allocation"]["block_sparsities"]
     result["peak_rss_mib"] = peak_rss_mib()
     model.float()
     result["ppl"] = _eval(model, tokenizer)

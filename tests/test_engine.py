@@ -67,6 +67,29 @@ def test_true_sequential_walks_agree(calibration, monkeypatch):
         assert agree > 0.999, other  # float32 sums in another order may flip a near tie
 
 
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_walk_writes_block_outputs_over_the_captured_buffers(calibration, monkeypatch, true_sequential):
+    """The activations live in the buffers captured before block 0 for the whole walk (a block's output is
+    copied over its input): a fresh long-lived tensor per block would land between the forward's freed
+    temporaries and fragment the CPU heap (peak RSS)."""
+    import secateurs.engine
+
+    seen = {}
+    capture = secateurs.engine.capture_block_inputs
+
+    def recording_capture(*args, **kwargs):
+        inputs = capture(*args, **kwargs)
+        seen.update(inputs=inputs, buffers=list(inputs.hidden), first=[h.clone() for h in inputs.hidden])
+        return inputs
+
+    monkeypatch.setattr(secateurs.engine, "capture_block_inputs", recording_capture)
+    recipe = Recipe("wanda", true_sequential=true_sequential)
+    prune(tiny_model("llama"), recipe, calibration, device="cpu", batch_size=3, progress=False)
+    final = seen["inputs"].hidden
+    assert all(h is buffer for h, buffer in zip(final, seen["buffers"], strict=True))
+    assert not any(torch.equal(h, first) for h, first in zip(final, seen["first"], strict=True))
+
+
 def test_lockstep_failure_in_one_batch_stops_every_batch(calibration):
     """A solve that fails while the batches wait at a Linear: the error reaches the caller, and the waiting
     batches are unwound (their hooks are gone: the model runs normally afterwards)."""
