@@ -4,6 +4,7 @@ semi-structured path, and the protocol S bench on a tiny model."""
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -465,6 +466,30 @@ def test_bench_writes_json_markdown_and_png(tiny_folder, tmp_path, capsys):
 
     image = imread(out / "speed.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_bench_times_the_models_in_rounds(tiny_folder, tmp_path, monkeypatch, interleave):
+    # A host that drifts during the run must not favour the models timed at its fast moments: by default the
+    # timed runs alternate between the models; --one-at-a-time times each model's runs together.
+    from secateurs.evaluate import speed
+
+    shutil.copytree(tiny_folder, tmp_path / "second")
+    order: list[str] = []
+    time_once = speed._time_once
+
+    def record(entry, device, settings):
+        order.append(entry.row["model"])
+        time_once(entry, device, settings)
+
+    monkeypatch.setattr(speed, "_time_once", record)
+    settings = speed.SpeedSettings(
+        prefill_batch=1, prefill_seqlen=8, prompt_tokens=4, new_tokens=2, repeats=3, micro=False, interleave=interleave
+    )
+    result = speed.run_speed([tiny_folder, tmp_path / "second"], "cpu", None, settings)
+    first = Path(tiny_folder).name
+    assert order == ([first, "second"] * 3 if interleave else [first] * 3 + ["second"] * 3)
+    assert all(len(row["decode_seconds"]) == 3 and len(row["prefill_seconds"]) == 3 for row in result["models"])
 
 
 @pytest.mark.skipif(

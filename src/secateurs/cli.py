@@ -229,6 +229,7 @@ def _bench(args: argparse.Namespace) -> None:
         warmup=args.warmup,
         micro_tokens=args.micro_tokens,
         micro=not args.no_micro,
+        interleave=not args.one_at_a_time,
     )
     result = run_speed(args.models, args.device, args.dtype, settings, out=args.out)
     print(markdown(result))

@@ -269,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=5, help="timed runs, after --warmup ones (median reported)")
     bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="load, time and free each model in turn (less memory; by default all stay loaded and are timed in "
+        "rounds, so that the host's drift does not favour one model)",
+    )
     bench.add_argument("--micro-tokens", type=int, default=4096, help="rows of the Linear microbenchmark")
     bench.add_argument("--no-micro", action="store_true", help="skip the Linear microbenchmark")
     bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")

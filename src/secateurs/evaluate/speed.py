@@ -3,7 +3,8 @@ model measured in the same process run, plus a per-Linear-shape microbenchmark o
 
 Per model: prefill (batch 8 x 512 tokens, one forward without a KV cache, logits of the last position only, as
 generation does) and decode (batch 1: a 128-token prompt, then 128 greedy steps of one token each with the KV
-cache; only the steps are timed) in tokens per second, the median of 5 runs after a warm-up; peak memory while
+cache; only the steps are timed) in tokens per second, the median of 5 runs after a warm-up, timed in rounds
+over all the models so that the host's drift does not favour one (see ``run_speed``); peak memory while
 loading and running (CPU: the growth of the process's peak resident memory, reset per model through
 /proc/self/clear_refs; CUDA: ``max_memory_allocated``); the memory the loaded model holds (``resident_mib``, the
 same measures right after loading) and the bytes of its tensors; and the size of its weight files. On CUDA a
@@ -57,6 +58,7 @@ class SpeedSettings:
     micro_shapes: list[tuple[int, int]] = field(default_factory=lambda: list(LLAMA_7B_SHAPES))
     micro: bool = True
     seed: int = 0
+    interleave: bool = True  # timed runs in rounds over the models held together (see run_speed)
 
 
 # ------------------------------------------------------------------------------------------- memory
@@ -219,14 +221,35 @@ def linear_shapes(model: nn.Module) -> list[tuple[int, int]]:
     return shapes
 
 
-def measure_model(
+@dataclass
+class _Measured:
+    """One model (one kernel choice) under measurement: its row, and while it is held, the model and inputs."""
+
+    row: dict[str, Any]
+    model: nn.Module | None
+    inputs: tuple[torch.Tensor, torch.Tensor]  # prefill ids, decode prompt
+
+
+def _time_once(entry: _Measured, device: torch.device, settings: SpeedSettings) -> None:
+    """One timed prefill and one timed decode of ``entry``'s model, appended to its row."""
+    assert entry.model is not None
+    prefill_ids, prompt = entry.inputs
+    with torch.inference_mode():
+        entry.row["prefill_seconds"] += median_seconds(
+            lambda: _forward(entry.model, prefill_ids, use_cache=False), device, repeats=1, warmup=0
+        )
+        entry.row["decode_seconds"].append(_decode_seconds(entry.model, prompt, settings.new_tokens, device))
+
+
+def _load_measured(
     source: str | Path,
     device: torch.device,
     dtype: torch.dtype | None,
     settings: SpeedSettings,
     semi_structured: bool = False,
-) -> tuple[dict[str, Any], nn.Module]:
-    """Protocol S figures of one model (see the module's docstring) and the loaded model."""
+) -> _Measured:
+    """Load one model, run its warm-ups and its first timed round; the row holds every figure but the speeds.
+    Peak memory covers the loading, the warm-ups and that first round."""
     from ..export.packed import is_packed, load
 
     memory = _Memory(device)
@@ -241,35 +264,47 @@ def measure_model(
     vocab = model.get_input_embeddings().num_embeddings
     prefill_ids = torch.randint(0, vocab, (settings.prefill_batch, settings.prefill_seqlen), generator=generator)
     prompt = torch.randint(0, vocab, (1, settings.prompt_tokens), generator=generator)
-    prefill_ids, prompt = prefill_ids.to(device), prompt.to(device)
-    with torch.inference_mode():
-        prefill = median_seconds(
-            lambda: _forward(model, prefill_ids, use_cache=False), device, settings.repeats, settings.warmup
-        )
-        for _ in range(settings.warmup):
-            _decode_seconds(model, prompt, settings.new_tokens, device)
-        decode = [_decode_seconds(model, prompt, settings.new_tokens, device) for _ in range(settings.repeats)]
     path = Path(source)
-    row = {
-        "model": path.name or str(source),
-        "source": str(source),
-        "format": "packed" if path.is_dir() and is_packed(path) else "hf",
-        "kernels": "2:4 sparse" if semi_structured else "dense",
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "prefill_tokens_per_s": settings.prefill_batch * settings.prefill_seqlen / statistics.median(prefill),
-        "decode_tokens_per_s": settings.new_tokens / statistics.median(decode),
-        "prefill_seconds": prefill,
-        "decode_seconds": decode,
-        "resident_mib": round(resident, 1),
-        "peak_memory_mib": round(memory.peak_mib(), 1),
-        "peak_memory_kind": "cuda max_memory_allocated"
-        if device.type == "cuda"
-        else ("peak RSS growth" if memory.reset else "process peak RSS growth (peak could not be reset)"),
-        "model_bytes": tensor_bytes(model),
-        "file_bytes": file_bytes(source),
-        "load_seconds": round(load_seconds, 3),
-    }
-    return row, model
+    entry = _Measured(
+        row={
+            "model": path.name or str(source),
+            "source": str(source),
+            "format": "packed" if path.is_dir() and is_packed(path) else "hf",
+            "kernels": "2:4 sparse" if semi_structured else "dense",
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "prefill_seconds": [],
+            "decode_seconds": [],
+        },
+        model=model,
+        inputs=(prefill_ids.to(device), prompt.to(device)),
+    )
+    with torch.inference_mode():
+        for _ in range(settings.warmup):
+            _forward(model, entry.inputs[0], use_cache=False)
+            _decode_seconds(model, entry.inputs[1], settings.new_tokens, device)
+    if settings.repeats:
+        _time_once(entry, device, settings)
+    entry.row.update(
+        {
+            "resident_mib": round(resident, 1),
+            "peak_memory_mib": round(memory.peak_mib(), 1),
+            "peak_memory_kind": "cuda max_memory_allocated"
+            if device.type == "cuda"
+            else ("peak RSS growth" if memory.reset else "process peak RSS growth (peak could not be reset)"),
+            "model_bytes": tensor_bytes(model),
+            "file_bytes": file_bytes(source),
+            "load_seconds": round(load_seconds, 3),
+        }
+    )
+    return entry
+
+
+def _speeds(row: dict[str, Any], settings: SpeedSettings) -> None:
+    """Tokens per second from the median of the timed runs."""
+    row["prefill_tokens_per_s"] = (
+        settings.prefill_batch * settings.prefill_seqlen / statistics.median(row["prefill_seconds"])
+    )
+    row["decode_tokens_per_s"] = settings.new_tokens / statistics.median(row["decode_seconds"])
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -367,25 +402,44 @@ def run_speed(
 ) -> dict[str, Any]:
     """Protocol S for ``models`` (the first is the dense reference), in this process; writes ``speed.json``,
     ``speed.md`` and ``speed.png`` to ``out`` when given. Returns the JSON document. With ``settings.warmup``
-    the first model also runs once, untimed, before any is measured (the process's own warm-up)."""
+    the first model also runs once, untimed, before any is measured (the process's own warm-up).
+
+    With ``settings.interleave`` (the default) every model stays loaded and the timed runs go in rounds, one run
+    of each model per round, so that a machine that slows down or speeds up during the run (shared hosts do, by
+    10-20% over minutes) moves every model's median alike instead of favouring the models measured at its fast
+    moments. Without it, each model is loaded, timed ``repeats`` times and freed before the next (less memory)."""
     settings = settings or SpeedSettings()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype) if dtype is not None else None
-    rows: list[dict[str, Any]] = []
+    entries: list[_Measured] = []
     shapes: list[tuple[int, int]] = []
     if settings.warmup and models:
         # The process's first model pays for lazy imports, kernel selection and allocator growth: run it once
         # untimed so that the first row is not penalised against the others.
-        measure_model(models[0], torch_device, torch_dtype, replace(settings, repeats=1, warmup=0))
+        _load_measured(models[0], torch_device, torch_dtype, replace(settings, repeats=0, warmup=1))
     for source in models:
-        row, model = measure_model(source, torch_device, torch_dtype, settings)
-        row.update(describe_sparsity(model))
-        shapes = shapes or linear_shapes(model)
-        model_dtype = next(model.parameters()).dtype
-        rows.append(row)
-        del model
-        if torch_device.type == "cuda" and row["pattern"] == "2:4":
-            rows.append(_sparse_row(source, torch_device, torch_dtype or model_dtype, settings, row))
+        entry = _load_measured(source, torch_device, torch_dtype, settings)
+        assert entry.model is not None
+        entry.row.update(describe_sparsity(entry.model))
+        shapes = shapes or linear_shapes(entry.model)
+        model_dtype = next(entry.model.parameters()).dtype
+        entries.append(entry)
+        if torch_device.type == "cuda" and entry.row["pattern"] == "2:4":
+            entries.append(_sparse_entry(source, torch_device, torch_dtype or model_dtype, settings, entry.row))
+        if not settings.interleave:
+            for held in entries:
+                while held.model is not None and len(held.row["decode_seconds"]) < settings.repeats:
+                    _time_once(held, torch_device, settings)
+                held.model = None
+    for _ in range(1, settings.repeats):
+        for entry in entries:
+            if entry.model is not None:
+                _time_once(entry, torch_device, settings)
+    rows = [entry.row for entry in entries]
+    for row in rows:
+        if "error" not in row:
+            _speeds(row, settings)
+    entries.clear()  # the models go before the microbenchmark's tensors come
     _add_ratios(rows)
     result: dict[str, Any] = {
         "protocol": PROTOCOL,
@@ -405,20 +459,17 @@ def run_speed(
     return result
 
 
-def _sparse_row(
+def _sparse_entry(
     source: str | Path, device: torch.device, dtype: torch.dtype, settings: SpeedSettings, dense_row: dict
-) -> dict[str, Any]:
-    """The same 2:4 model on sparse kernels; a row with an ``error`` when they cannot run here."""
+) -> _Measured:
+    """The same 2:4 model on sparse kernels; a row with an ``error`` (and no model) when they cannot run here."""
     try:
-        row, model = measure_model(source, device, dtype, settings, semi_structured=True)
-        del model
-        return {**row, "sparsity": dense_row["sparsity"], "pattern": dense_row["pattern"]}
+        entry = _load_measured(source, device, dtype, settings, semi_structured=True)
+        entry.row.update(sparsity=dense_row["sparsity"], pattern=dense_row["pattern"])
+        return entry
     except (SecateursError, RuntimeError, NotImplementedError) as error:
-        return {
-            "model": dense_row["model"],
-            "kernels": "2:4 sparse",
-            "error": str(error).splitlines()[0],
-        }
+        row = {"model": dense_row["model"], "kernels": "2:4 sparse", "error": str(error).splitlines()[0]}
+        return _Measured(row=row, model=None, inputs=(torch.empty(0), torch.empty(0)))
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -434,7 +485,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['versions'].get('torch')}). Prefill: batch {settings['prefill_batch']} x "
         f"{settings['prefill_seqlen']}; decode: batch 1, {settings['new_tokens']} new tokens after a "
         f"{settings['prompt_tokens']}-token prompt; median of {settings['repeats']} after {settings['warmup']} "
-        "warm-up. Ratios are to the first row, measured in the same run.",
+        f"warm-up{_rounds(settings)}. Ratios are to the first row, measured in the same run.",
         "",
         "| model | format | pattern | sparsity | kernels | dtype | prefill tok/s | decode tok/s | peak MiB | "
         "tensors MiB | file MiB | prefill / first | decode / first | peak / first | file / first |",
@@ -472,6 +523,10 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{row.get('note', '')} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _rounds(settings: dict[str, Any]) -> str:
+    return ", timed in rounds over the models" if settings.get("interleave") else ""
 
 
 def _ratio(value: float | None) -> str:
