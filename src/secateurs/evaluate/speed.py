@@ -226,13 +226,13 @@ class _Measured:
     """One model (one kernel choice) under measurement: its row, and while it is held, the model and inputs."""
 
     row: dict[str, Any]
-    model: nn.Module | None
-    inputs: tuple[torch.Tensor, torch.Tensor]  # prefill ids, decode prompt
+    model: nn.Module | None = None
+    inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # prefill ids, decode prompt
 
 
 def _time_once(entry: _Measured, device: torch.device, settings: SpeedSettings) -> None:
     """One timed prefill and one timed decode of ``entry``'s model, appended to its row."""
-    assert entry.model is not None
+    assert entry.model is not None and entry.inputs is not None
     prefill_ids, prompt = entry.inputs
     with torch.inference_mode():
         entry.row["prefill_seconds"] += median_seconds(
@@ -264,6 +264,7 @@ def _load_measured(
     vocab = model.get_input_embeddings().num_embeddings
     prefill_ids = torch.randint(0, vocab, (settings.prefill_batch, settings.prefill_seqlen), generator=generator)
     prompt = torch.randint(0, vocab, (1, settings.prompt_tokens), generator=generator)
+    prefill_ids, prompt = prefill_ids.to(device), prompt.to(device)
     path = Path(source)
     entry = _Measured(
         row={
@@ -276,12 +277,12 @@ def _load_measured(
             "decode_seconds": [],
         },
         model=model,
-        inputs=(prefill_ids.to(device), prompt.to(device)),
+        inputs=(prefill_ids, prompt),
     )
     with torch.inference_mode():
         for _ in range(settings.warmup):
-            _forward(model, entry.inputs[0], use_cache=False)
-            _decode_seconds(model, entry.inputs[1], settings.new_tokens, device)
+            _forward(model, prefill_ids, use_cache=False)
+            _decode_seconds(model, prompt, settings.new_tokens, device)
     if settings.repeats:
         _time_once(entry, device, settings)
     entry.row.update(
@@ -422,24 +423,19 @@ def run_speed(
         assert entry.model is not None
         entry.row.update(describe_sparsity(entry.model))
         shapes = shapes or linear_shapes(entry.model)
-        model_dtype = next(entry.model.parameters()).dtype
-        entries.append(entry)
+        added = [entry]
         if torch_device.type == "cuda" and entry.row["pattern"] == "2:4":
-            entries.append(_sparse_entry(source, torch_device, torch_dtype or model_dtype, settings, entry.row))
+            model_dtype = next(entry.model.parameters()).dtype
+            added.append(_sparse_entry(source, torch_device, torch_dtype or model_dtype, settings, entry.row))
+        entries += added
         if not settings.interleave:
-            for held in entries:
-                while held.model is not None and len(held.row["decode_seconds"]) < settings.repeats:
-                    _time_once(held, torch_device, settings)
-                held.model = None
-    for _ in range(1, settings.repeats):
-        for entry in entries:
-            if entry.model is not None:
-                _time_once(entry, torch_device, settings)
+            _time_rounds(added, torch_device, settings)
+    if settings.interleave:
+        _time_rounds(entries, torch_device, settings)
     rows = [entry.row for entry in entries]
     for row in rows:
         if "error" not in row:
             _speeds(row, settings)
-    entries.clear()  # the models go before the microbenchmark's tensors come
     _add_ratios(rows)
     result: dict[str, Any] = {
         "protocol": PROTOCOL,
@@ -459,6 +455,17 @@ def run_speed(
     return result
 
 
+def _time_rounds(entries: list[_Measured], device: torch.device, settings: SpeedSettings) -> None:
+    """The timed rounds after each model's first (run when it was loaded), one run of every held model per
+    round; then the models are let go."""
+    for _ in range(1, settings.repeats):
+        for entry in entries:
+            if entry.model is not None:
+                _time_once(entry, device, settings)
+    for entry in entries:
+        entry.model = entry.inputs = None
+
+
 def _sparse_entry(
     source: str | Path, device: torch.device, dtype: torch.dtype, settings: SpeedSettings, dense_row: dict
 ) -> _Measured:
@@ -469,7 +476,7 @@ def _sparse_entry(
         return entry
     except (SecateursError, RuntimeError, NotImplementedError) as error:
         row = {"model": dense_row["model"], "kernels": "2:4 sparse", "error": str(error).splitlines()[0]}
-        return _Measured(row=row, model=None, inputs=(torch.empty(0), torch.empty(0)))
+        return _Measured(row=row)
 
 
 # ------------------------------------------------------------------------------------------ outputs
