@@ -87,6 +87,10 @@ ALLOCATION: dict[str, dict] = {
         "true_sequential": True,
         "refine": "dsnot",
     },
+    # EBFT: each pruned block's kept weights tuned toward the dense block's output (8 epochs, Adam 1e-3)
+    "sparsegpt-50-ebft": {"method": "sparsegpt", "ebft_epochs": 8},
+    "sparsegpt-2:4-ebft": {"method": "sparsegpt", "pattern": "2:4", "ebft_epochs": 8},
+    "wanda-50-ebft": {"method": "wanda", "ebft_epochs": 8},
 }
 SECATEURS.update(ALLOCATION)
 PEER = {
@@ -191,6 +195,7 @@ def run_secateurs(name: str) -> dict:
             allocation=recipe.allocation,
             true_sequential=recipe.sequential,
             update=recipe.update,
+            ebft_epochs=recipe.ebft_epochs,
             prune_s=report["prune_seconds"],
             sparsity=report["sparsity"],
             walk=report["walk"],

@@ -56,6 +56,9 @@ CONFIGURATIONS: dict[str, dict] = {
     "mlp-25-obs-no-refit": {"method": "width", "target": "mlp", "ratio": 0.25, "score": "obs", "reconstruct": False},
     "heads-3-of-9": {"method": "width", "target": "heads", "ratio": 1 / 3},
     "heads-3-of-9-no-refit": {"method": "width", "target": "heads", "ratio": 1 / 3, "reconstruct": False},
+    # the re-fit, then EBFT: each cut block's weights tuned toward the dense block's output (8 epochs, Adam 1e-3)
+    "mlp-25-ebft": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8},
+    "heads-3-of-9-ebft": {"method": "width", "target": "heads", "ratio": 1 / 3, "ebft_epochs": 8},
     "depth-3": {"method": "depth", "remove": 3},
     "depth-6": {"method": "depth", "remove": 6},
 }
@@ -65,6 +68,8 @@ REFIT_PAIRS = [
     ("mlp-25-obs", "mlp-25-obs-no-refit"),
     ("mlp-25-obs", "mlp-25-no-refit"),  # re-fit with channels chosen for it, against the best plain removal
     ("heads-3-of-9", "heads-3-of-9-no-refit"),
+    ("mlp-25-ebft", "mlp-25-no-refit"),
+    ("heads-3-of-9-ebft", "heads-3-of-9-no-refit"),
 ]
 
 

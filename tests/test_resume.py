@@ -51,6 +51,7 @@ RECIPES = {
     "wanda-two-pass": ["--method", "wanda"],
     "sparsegpt-one-pass": ["--method", "sparsegpt", "--pattern", "2:4"],
     "wanda-owl-lockstep": ["--method", "wanda", "--allocation", "owl", "--true-sequential", "--batch-size", "2"],
+    "sparsegpt-ebft": ["--method", "sparsegpt", "--ebft-epochs", "2"],
 }
 
 
@@ -78,6 +79,8 @@ def test_kill_at_a_random_block_then_resume_is_bit_identical(deep_folder, tmp_pa
         assert torch.equal(expected[key], got[key]), key
     report = json.loads((out / "secateurs.json").read_text())
     assert len(report["layers"]) == len(json.loads((reference / "secateurs.json").read_text())["layers"])
+    if "--ebft-epochs" in args:  # the blocks tuned before the kill are in the report too
+        assert [record["block"] for record in report["walk"]["ebft"]["blocks"]] == list(range(LAYERS))
 
 
 @pytest.mark.crash_point

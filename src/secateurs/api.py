@@ -3,6 +3,7 @@ CLI runs: load, calibrate, prune, evaluate, save) and ``run_evaluation`` (perple
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from torch import nn
 from . import data as data_module
 from . import distributed
 from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
+from .ebft import TuneSettings, tune_block
 from .engine import BlockStore, fix_mmap_threshold, walk
 from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
 from .evaluate import perplexity
@@ -80,17 +82,25 @@ def prune(
         raise RecipeError("no layer is left to prune: the --ignore patterns match every weight")
     if store is None:  # an offloaded model's weights are checked as they are read
         _check_finite_weights(model, targets)
+    if recipe.ebft_epochs and reduce is not None:
+        raise RecipeError(
+            "--ebft-epochs tunes each block on one process's calibration: run it with --workers 1 (the ranks "
+            "would tune their copies apart)"
+        )
     if recipe.needs_calibration and calibration is None:
         raise CalibrationError(
             f"{method.name}{' with --update' if recipe.update else ''}"
-            f"{' with OWL' if recipe.allocation == 'owl' else ''} reads calibration activations: give calibration data"
+            f"{' with OWL' if recipe.allocation == 'owl' else ''}{' with EBFT' if recipe.ebft_epochs else ''} reads "
+            "calibration activations: give calibration data"
         )
     start = time.perf_counter()
     plans, allocation = layer_plans(model, recipe, calibration, device, batch_size, progress, store, reduce)
     layers: list[dict[str, Any]] = state.layers if state is not None else []
     observer_class = HessianObserver if statistics == HESSIAN else InputNormObserver
 
-    def make_observer(target: Target) -> InputNormObserver | HessianObserver:
+    def make_observer(target: Target) -> InputNormObserver | HessianObserver | None:
+        if statistics is None:  # magnitude, walked only to tune its blocks (EBFT)
+            return None
         where = "cpu" if hessians_on_cpu and statistics == HESSIAN else target.weight().device
         return observer_class(target.in_features, where)
 
@@ -126,7 +136,8 @@ def prune(
         layers.append(layer)
 
     walk_info: dict[str, Any] = {}
-    if statistics is not None:
+    ebft = TuneSettings(recipe.ebft_epochs, recipe.ebft_lr) if recipe.ebft_epochs else None
+    if statistics is not None or ebft is not None:
         info = walk(
             model,
             calibration,
@@ -140,6 +151,7 @@ def prune(
             state=state,
             store=store,
             reduce=reduce,
+            tune=None if ebft is None else functools.partial(tune_block, settings=ebft),
         )
         walk_info = {
             "mode": info.mode,
@@ -148,6 +160,8 @@ def prune(
             "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
             "notes": info.notes,
         }
+        if ebft is not None:
+            walk_info["ebft"] = {"epochs": ebft.epochs, "lr": ebft.lr, "blocks": info.tuned}
     elif store is None:
         with torch.no_grad():
             for target in targets:

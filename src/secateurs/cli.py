@@ -64,6 +64,8 @@ def _recipe(args: argparse.Namespace) -> object:
             head_grouping=args.head_grouping,
             allocation=args.allocation,
             dampening=args.dampening,
+            ebft_epochs=args.ebft_epochs,
+            ebft_lr=args.ebft_lr,
         )
     return Recipe(
         args.method,
@@ -84,6 +86,8 @@ def _recipe(args: argparse.Namespace) -> object:
         refine=args.refine,
         refine_skip=args.refine_skip,
         refine_threshold=args.refine_threshold,
+        ebft_epochs=args.ebft_epochs,
+        ebft_lr=args.ebft_lr,
     )
 
 

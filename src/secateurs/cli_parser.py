@@ -132,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     layerwise.add_argument(
         "--refine-threshold", type=float, default=0.1, help="DSnoT stops below this expected error (default 0.1)"
     )
+    tuning = prune.add_argument_group("block-wise tuning after pruning (EBFT, Guo et al. 2024)")
+    tuning.add_argument(
+        "--ebft-epochs",
+        type=int,
+        default=0,
+        help="epochs of Adam over the calibration batches per block: the pruned block's kept weights are fitted "
+        "to the dense block's output (0: off, the default; 4 to 8 is a good start)",
+    )
+    tuning.add_argument("--ebft-lr", type=float, default=1e-3, help="EBFT's Adam learning rate (default 1e-3)")
     structured = prune.add_argument_group("structured pruning (--method width or depth)")
     structured.add_argument("--target", default="mlp", choices=["mlp", "heads"], help="width: what to remove")
     structured.add_argument("--ratio", type=float, default=None, help="fraction of channels, heads or layers removed")

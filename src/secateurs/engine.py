@@ -13,6 +13,10 @@ and ``solve(target, observer)`` (prunes ``target.weight()`` in place). Three wal
   slower per token on a CPU. Fused MoE experts (routing differs between batches) take the whole batch at once;
 * staged true-sequential, the fallback when the calibration activations do not fit in memory: one pass in
   batches per stage of Linears that share an input (q/k/v, o, gate/up, down), then one pass for the outputs.
+
+Any walk can tune each block after it is pruned (``tune``, e.g. ``secateurs.ebft``): the block's inputs and
+the dense block's outputs on them are kept (twice the calibration activations more), the caller's ``tune``
+changes the pruned block's weights, and the tuned block's outputs go on to the next block.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Observer(Protocol):
 
 MakeObserver = Callable[[Target], Observer | None]
 Solve = Callable[[Target, Observer | None], None]
+# (block, its pruned targets, the block's inputs, the dense block's outputs on them, arguments per batch size)
+Tune = Callable[[nn.Module, list[Target], list[torch.Tensor], list[torch.Tensor], dict], list[float]]
 
 # Calibration windows per forward in the batched walks: measured on a 2-core CPU with SmolLM2 (512 tokens a
 # window), 4 ran a block 25% faster than 16 and 2x faster than the whole batch of 128 (cache-friendly sizes).
@@ -77,6 +83,7 @@ class WalkReport:
     passes_per_block: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tuned: list[dict[str, Any]] = field(default_factory=list)  # per block, with ``tune``
 
 
 def _bind_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
@@ -251,12 +258,17 @@ def available_memory(device: torch.device | str = "cpu") -> int:
 
 
 def one_pass_fits(
-    model: nn.Module, targets: list[Target], input_ids: torch.Tensor, batch_size: int, device: torch.device
+    model: nn.Module,
+    targets: list[Target],
+    input_ids: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    copies: int = 0,
 ) -> bool:
     """Rough bound on one block's activations in the one-pass walk with batches of ``batch_size`` windows in
     lockstep: every paused batch holds a few copies of the hidden states and of the widest projection (its
     residual, the input of the Linear it waits at), the running batch its temporaries and, where they are
-    materialized, its attention scores."""
+    materialized, its attention scores; ``copies`` more hidden states per token are kept (tuning: 2)."""
     samples, length = input_ids.shape
     element = torch.finfo(next(model.parameters()).dtype).bits // 8
     config = getattr(model, "config", None)
@@ -264,7 +276,7 @@ def one_pass_fits(
     widest = max(t.weight().shape[0] for t in targets)
     tokens = samples * length
     running = min(batch_size, samples) * length
-    needed = element * (tokens * (3 * hidden_size + 2 * widest) + running * (8 * hidden_size + 4 * widest))
+    needed = element * (tokens * ((3 + copies) * hidden_size + 2 * widest) + running * (8 * hidden_size + 4 * widest))
     if getattr(config, "_attn_implementation", "eager") == "eager":
         heads = getattr(config, "num_attention_heads", 1)
         needed += min(batch_size, samples) * heads * length**2 * element * 2
@@ -286,6 +298,7 @@ def walk(
     state: WalkState | None = None,
     store: BlockStore | None = None,
     reduce: Callable[[Observer], None] | None = None,
+    tune: Tune | None = None,
 ) -> WalkReport:
     """Prune every target of every decoder block of ``model`` in place, block by block.
 
@@ -294,7 +307,8 @@ def walk(
     after every block, and restored first when it holds finished blocks (``--resume``). ``store`` puts a block's
     weights on the device and takes them off (default: they live in memory; ``secateurs.offload`` reads them
     from disk). ``reduce`` completes an observer's statistics with the other ranks' before it is solved
-    (``secateurs.distributed``).
+    (``secateurs.distributed``). ``tune`` changes each block's weights after it is pruned, before its outputs
+    go on (see the module's docstring); the report holds each block's error before and after.
     """
     store = store or MemoryBlocks(torch.device(device))
     device = torch.device(device)
@@ -306,7 +320,8 @@ def walk(
         experts = any(t.expert is not None for t in first_targets)
         if experts:
             batch_size = samples  # routing differs between batches: no lockstep, the whole batch at once
-        fits = one_pass_fits(model, first_targets, input_ids, batch_size or DEFAULT_BATCH_SIZE, device)
+        copies = 0 if tune is None else 2  # the block's inputs and the dense block's outputs
+        fits = one_pass_fits(model, first_targets, input_ids, batch_size or DEFAULT_BATCH_SIZE, device, copies)
         # an expert no token reached on a rank would skip a collective in the one-pass walk: reduce per stage
         mode = "one-pass" if fits and not (experts and reduce is not None) else "staged"
         if not fits:
@@ -317,12 +332,14 @@ def walk(
     if state is not None:
         state.extra.update(mode=mode, batch_size=batch_size)
     report = WalkReport(mode=mode, batch_size=batch_size)
+    if state is not None and tune is not None:  # the blocks tuned before an interruption stay in the report
+        report.tuned = state.extra.setdefault("tuned", [])
     if mode == "staged":
         report.notes.append(
             f"the whole calibration batch ({samples} samples) does not fit in memory at once: "
             f"true-sequential walk in stages, batches of {batch_size}"
         )
-    seconds = dict.fromkeys(("capture", "load", "observe", "solve", "propagate", "write"), 0.0)
+    seconds = dict.fromkeys(("capture", "load", "observe", "solve", "propagate", "tune", "write"), 0.0)
     timed_solve = _timed(solve, seconds)
 
     restore_experts = _eager_experts(model)
@@ -349,6 +366,9 @@ def walk(
                 step = {"two-pass": _two_pass, "one-pass": _one_pass, "staged": _staged, "observe-only": _observe_only}[
                     mode
                 ]
+                if tune is not None and mode != "observe-only":
+                    pruned = functools.partial(find_targets, block, f"{blocks_name}.{index}", ignore)
+                    step = functools.partial(_tuned_step, step, tune, report.tuned, index, pruned)
                 passes += step(block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds, reduce)
                 start = time.perf_counter()
                 if state is not None:
@@ -363,6 +383,55 @@ def walk(
         restore_experts()
     report.seconds = seconds
     return report
+
+
+def _tuned_step(
+    step, tune: Tune, records: list, index: int, pruned, block, targets, hidden, arguments, *walk_state
+) -> int:  # noqa: ANN001
+    """``step`` (prune the block), with the block tuned after it: the block's inputs and the unpruned block's
+    outputs on them are kept first, and the tuned block's outputs end in ``hidden``. ``pruned()`` finds the
+    block's weights again after the step (a structured cut gives modules new, smaller ones). The record's
+    error is the share of the dense block's update (output - input) that the block misses,
+    sum ||y - y_dense||^2 / sum ||y_dense - x||^2 over the calibration tokens, before and after tuning; a
+    tuning that does not lower it is undone."""
+    make_observer, solve, seconds, reduce = walk_state
+    start = time.perf_counter()
+    inputs = [batch.clone() for batch in hidden]
+    dense = [run_block(block, batch, arguments[batch.shape[0]]) for batch in inputs]
+    update = sum(float((y.float() - x.float()).pow(2).sum()) for x, y in zip(inputs, dense, strict=True))
+
+    def error() -> float:
+        missed = sum(float((h.float() - y.float()).pow(2).sum()) for h, y in zip(hidden, dense, strict=True))
+        return missed / update if update else 0.0
+
+    seconds["tune"] += time.perf_counter() - start
+    passes = step(block, targets, hidden, arguments, make_observer, solve, seconds, reduce)
+    start = time.perf_counter()
+    before = error()
+    untuned = {name: tensor.clone() for name, tensor in block.state_dict().items()}
+    losses = tune(block, pruned(), inputs, dense, arguments)
+
+    def propagate() -> None:
+        for j, batch in enumerate(inputs):
+            _overwrite(hidden, j, run_block(block, batch, arguments[batch.shape[0]]))
+
+    propagate()
+    after = error()
+    kept = after < before
+    if not kept:  # the block is left as pruned, and so are its outputs
+        block.load_state_dict(untuned)
+        propagate()
+    records.append(
+        {
+            "block": index,
+            "error_before": round(before, 6),
+            "error_after": round(after, 6),
+            "kept": kept,
+            "epoch_losses": [round(loss, 6) for loss in losses],
+        }
+    )
+    seconds["tune"] += time.perf_counter() - start
+    return passes + 2
 
 
 class BlockStore(Protocol):

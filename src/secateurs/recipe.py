@@ -8,12 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from .allocation import OWL_LAMBDA, OWL_M, parse_schedule, read_allocation_file
+from .ebft import DEFAULT_LR as EBFT_LR
 from .errors import RecipeError
 from .methods import HESSIAN, NORMS, UPDATES, get_method, ria
 from .methods.dsnot import UPDATE_THRESHOLD
 from .patterns import NMPattern, parse_pattern
 
 DEFAULT_SPARSITY = 0.5
+
+
+def _check_ebft(epochs: object, lr: object) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise RecipeError(f"--ebft-epochs {epochs!r} must be a whole number >= 0 (0: no tuning), e.g. 4")
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise RecipeError(f"--ebft-lr {lr!r} must be a positive learning rate, e.g. 1e-3")
 
 
 @dataclass
@@ -26,7 +34,8 @@ class Recipe:
     one pass with every Linear pruned before the next one sees its input (None: the method's default, on
     for SparseGPT). ``update`` adds SparseGPT's OBS weight update to a score's mask (``obs-seq``: the mask
     fixed first; ``obs-iter``: re-chosen every ``blocksize`` columns). ``blocksize`` and ``dampening``
-    (lambda, a fraction of mean(diag H)) are SparseGPT's.
+    (lambda, a fraction of mean(diag H)) are SparseGPT's. ``ebft_epochs`` > 0 tunes each pruned block's kept
+    weights toward the dense block's output (``secateurs.ebft``), at Adam learning rate ``ebft_lr``.
     """
 
     method: str = "wanda"
@@ -47,6 +56,8 @@ class Recipe:
     refine: str | None = None
     refine_skip: list[str] = field(default_factory=lambda: ["*mlp*"])
     refine_threshold: float = UPDATE_THRESHOLD
+    ebft_epochs: int = 0
+    ebft_lr: float = EBFT_LR
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -88,6 +99,7 @@ class Recipe:
                 )
         if not (isinstance(self.refine_threshold, (int, float)) and self.refine_threshold >= 0):
             raise RecipeError(f"refine threshold {self.refine_threshold!r} must be a number >= 0, e.g. 0.1")
+        _check_ebft(self.ebft_epochs, self.ebft_lr)
         if nm is not None and self.blocksize % nm.m:
             raise RecipeError(
                 f"blocksize {self.blocksize} splits the groups of pattern {nm}: give a multiple of M={nm.m}, e.g. 128"
@@ -123,7 +135,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.statistics is not None or self.allocation == "owl"
+        return self.statistics is not None or self.allocation == "owl" or self.ebft_epochs > 0
 
     @property
     def target_sparsity(self) -> float:
@@ -166,7 +178,8 @@ class StructuredRecipe:
     ``width``: remove ``ratio`` of every MLP's intermediate channels (``target="mlp"``, kept counts rounded to
     ``multiple``) or of every attention's query heads (``target="heads"``; ``head_grouping`` ``queries`` keeps
     the same number of query heads in every KV group, ``kv-groups`` removes whole groups), scored by ``score``
-    and, with ``reconstruct``, the next projection re-fitted by least squares. ``depth``: remove ``remove``
+    and, with ``reconstruct``, the next projection re-fitted by least squares; ``ebft_epochs`` > 0 then tunes
+    the cut block's weights toward the dense block's output (``secateurs.ebft``). ``depth``: remove ``remove``
     decoder blocks (or ``ratio`` of them), chosen by ``score``.
     """
 
@@ -180,8 +193,11 @@ class StructuredRecipe:
     head_grouping: str = "queries"
     allocation: str = "uniform"
     dampening: float = 0.01
+    ebft_epochs: int = 0
+    ebft_lr: float = EBFT_LR
 
     def __post_init__(self) -> None:
+        _check_ebft(self.ebft_epochs, self.ebft_lr)
         if self.method not in STRUCTURED_METHODS:
             raise RecipeError(f"structured method {self.method!r} is not known: choose width or depth")
         if self.ratio is not None:
@@ -219,6 +235,10 @@ class StructuredRecipe:
             self.score = self.score or "perplexity"
             if self.score not in DEPTH_SCORES:
                 raise RecipeError(f"score {self.score!r} is not a depth score: choose {', '.join(DEPTH_SCORES)}")
+            if self.ebft_epochs:
+                raise RecipeError(
+                    "--ebft-epochs tunes pruned blocks; depth pruning deletes whole blocks and tunes none: drop it"
+                )
         if not (isinstance(self.dampening, (int, float)) and math.isfinite(self.dampening) and self.dampening > 0):
             raise RecipeError(f"dampening {self.dampening!r} must be a positive fraction, e.g. 0.01")
 

@@ -8,12 +8,14 @@ scores candidates on the calibration data and deletes whole blocks.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..ebft import TuneSettings, tune_block
 from ..engine import walk
 from ..errors import RecipeError
 from ..models import Target, find_blocks
@@ -138,8 +140,16 @@ def _prune_width(
                 layers.append(_cut_heads(layout, observer, recipe, sizes))
                 set_heads(config, sizes["heads"], sizes["kv_heads"], layout.head_dim)
 
+        ebft = TuneSettings(recipe.ebft_epochs, recipe.ebft_lr) if recipe.ebft_epochs else None
         walk_report = walk(
-            model, calibration, make_observer, solve, batch_size=batch_size, device=device, progress=progress
+            model,
+            calibration,
+            make_observer,
+            solve,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            tune=None if ebft is None else functools.partial(tune_block, settings=ebft),
         )
     finally:
         for block in blocks:
@@ -148,7 +158,10 @@ def _prune_width(
         set_intermediate_size(model.config, sizes["intermediate"])
     else:
         set_heads(model.config, sizes["heads"], sizes["kv_heads"], first.head_dim)
-    return {"sizes": sizes, "layers": layers, "walk": {"mode": walk_report.mode, "seconds": walk_report.seconds}}
+    walk_info: dict[str, Any] = {"mode": walk_report.mode, "seconds": walk_report.seconds}
+    if ebft is not None:
+        walk_info["ebft"] = {"epochs": ebft.epochs, "lr": ebft.lr, "blocks": walk_report.tuned}
+    return {"sizes": sizes, "layers": layers, "walk": walk_info}
 
 
 def _own_config(block: nn.Module, config: object) -> object:

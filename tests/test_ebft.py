@@ -1,0 +1,235 @@
+"""EBFT block-wise tuning: pruned weights stay zero, other weights stay as they were, the block error falls,
+and the tuned model is closer to the dense one than the one-shot result it starts from."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_model
+from torch import nn
+
+from secateurs import Recipe, prune
+from secateurs.ebft import TuneSettings, kept_masks, tune_block
+from secateurs.errors import RecipeError
+from secateurs.models import find_blocks
+from secateurs.models.discover import Target, find_targets
+
+FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
+
+
+class TwoLayer(nn.Module):
+    """A block by hand: x + W2 relu(W1 x), and a fused 3-D parameter of two experts, one of them ignored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8, bias=False)
+        self.experts = nn.Parameter(torch.randn(2, 8, 8) / 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixed = x @ self.experts[0].t() + x @ self.experts[1].t()
+        return x + self.down(torch.relu(self.up(x))) + mixed
+
+
+def _pruned_block() -> tuple[TwoLayer, list[Target]]:
+    block = TwoLayer()
+    targets = [
+        Target("up", block.up, block.up.weight),
+        Target("down", block.down, block.down.weight),
+        Target("experts.0", block, block.experts, expert=0),
+    ]
+    with torch.no_grad():
+        for target in targets:
+            weight = target.weight()
+            weight.masked_fill_(weight.abs() < weight.abs().median(), 0)
+    return block, targets
+
+
+def test_kept_masks_cover_only_the_targets():
+    block, targets = _pruned_block()
+    masks = kept_masks(targets)
+    assert set(masks) == {block.up.weight, block.down.weight, block.experts}
+    assert torch.equal(masks[block.up.weight], block.up.weight != 0)
+    assert torch.equal(masks[block.experts][0], block.experts[0] != 0)
+    assert not masks[block.experts][1].any()  # the ignored expert is not tuned
+
+
+def test_kept_masks_of_a_transposed_weight():
+    conv = nn.Linear(4, 6)  # stands for GPT-2's Conv1D: [in, out] stored, the target's view transposed
+    stored = nn.Parameter(torch.randn(4, 6))
+    stored.data[0, :3] = 0
+    target = Target("c_fc", conv, stored, transposed=True)
+    assert torch.equal(kept_masks([target])[stored], stored != 0)
+
+
+def test_tuning_keeps_zeros_and_other_weights_and_lowers_the_error():
+    dense = TwoLayer()  # the same seed: the block before pruning
+    block, targets = _pruned_block()
+    inputs = [torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.no_grad():
+        outputs = [dense(x) for x in inputs]
+    zeros = {t.name: t.weight() == 0 for t in targets}
+    ignored, down = block.experts[1].detach().clone(), block.down.weight.detach().clone()
+    up_bias = block.up.bias.detach().clone()
+
+    def error() -> float:
+        with torch.no_grad():
+            return sum(float((block(x) - y).pow(2).mean()) for x, y in zip(inputs, outputs, strict=True))
+
+    before = error()
+    with torch.no_grad():
+        losses = tune_block(block, targets, inputs, outputs, {4: {}}, TuneSettings(epochs=20, lr=1e-2))
+    assert error() < 0.5 * before
+    assert losses[-1] < losses[0]
+    for target in targets:
+        assert torch.equal(target.weight() == 0, zeros[target.name]), target.name  # the same zeros, exactly
+    assert torch.equal(block.experts[1], ignored)  # not a target: untouched
+    assert torch.equal(block.up.bias, up_bias)  # biases are not tuned
+    assert not torch.equal(block.down.weight, down)  # a target: tuned
+    assert all(p.grad is None for p in block.parameters())
+
+
+def _logit_distance(model, dense, ids) -> float:
+    with torch.no_grad():
+        return float((model(input_ids=ids).logits - dense(input_ids=ids).logits).pow(2).mean())
+
+
+@pytest.mark.parametrize(
+    ("family", "method", "pattern"),
+    [
+        ("llama", "sparsegpt", "unstructured"),
+        ("llama", "wanda", "2:4"),
+        ("gpt2", "magnitude", "unstructured"),
+        ("mixtral", "wanda", "unstructured"),
+        ("gemma3", "sparsegpt", "4:8"),
+    ],
+)
+def test_ebft_keeps_the_pattern_and_moves_the_model_toward_the_dense_one(family, method, pattern, calibration):
+    dense = tiny_model(family)
+    one_shot, tuned = tiny_model(family), tiny_model(family)
+    plain = prune(one_shot, Recipe(method, pattern=pattern), calibration, device="cpu", progress=False)
+    report = prune(tuned, Recipe(method, pattern=pattern, ebft_epochs=4), calibration, device="cpu", progress=False)
+
+    assert report["sparsity"] == plain["sparsity"] == 0.5
+    blocks_name, blocks = find_blocks(tuned)
+    weights = {t.name: t.weight() for i, b in enumerate(blocks) for t in find_targets(b, f"{blocks_name}.{i}")}
+    assert len(weights) == len(report["layers"])
+    for layer in report["layers"]:  # the zeros the solve left, still there after tuning, no more, no fewer
+        weight = weights[layer["name"]]
+        assert int((weight == 0).sum()) == round(layer["sparsity"] * weight.numel()), layer["name"]
+        if pattern != "unstructured":
+            n, m = map(int, pattern.split(":"))
+            kept = (weight != 0).reshape(weight.shape[0], -1, m).sum(-1)
+            assert bool((kept == n).all()), layer["name"]
+    records = report["walk"]["ebft"]["blocks"]
+    assert [r["block"] for r in records] == list(range(len(blocks)))
+    assert all(r["error_after"] < r["error_before"] for r in records), records
+    assert report["walk"]["seconds"]["tune"] > 0
+    assert _logit_distance(tuned, dense, calibration) < _logit_distance(one_shot, dense, calibration)
+
+
+def test_a_tuning_that_raises_the_error_is_undone(calibration):
+    """A learning rate far too large: every block's tuning makes it worse, so every block stays as pruned."""
+    plain, tuned = tiny_model("llama"), tiny_model("llama")
+    prune(plain, Recipe("wanda"), calibration, device="cpu", progress=False)
+    report = prune(tuned, Recipe("wanda", ebft_epochs=2, ebft_lr=10.0), calibration, device="cpu", progress=False)
+    records = report["walk"]["ebft"]["blocks"]
+    assert records and not any(r["kept"] for r in records), records
+    assert all(r["error_after"] >= r["error_before"] for r in records)
+    for (name, weight), (_, expected) in zip(tuned.named_parameters(), plain.named_parameters(), strict=True):
+        assert torch.equal(weight, expected), name
+
+
+def test_ebft_leaves_ignored_layers_as_they_are(calibration):
+    model = tiny_model("llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("o_proj.weight")}
+    prune(model, Recipe("wanda", ignore=["*.o_proj"], ebft_epochs=2), calibration, device="cpu", progress=False)
+    for name, weight in model.named_parameters():
+        if name in before:
+            assert torch.equal(weight, before[name]), name
+
+
+def test_ebft_on_a_bfloat16_model_keeps_its_dtype(calibration):
+    model = tiny_model("llama").to(torch.bfloat16)
+    report = prune(model, Recipe("wanda", ebft_epochs=2), calibration, device="cpu", progress=False)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(r["error_after"] < r["error_before"] for r in report["walk"]["ebft"]["blocks"])
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ebft_epochs": -1}, "--ebft-epochs"),
+        ({"ebft_epochs": 1.5}, "--ebft-epochs"),
+        ({"ebft_epochs": 2, "ebft_lr": 0}, "--ebft-lr"),
+        ({"ebft_epochs": 2, "ebft_lr": float("nan")}, "--ebft-lr"),
+    ],
+)
+def test_bad_ebft_settings_are_refused(options, message):
+    with pytest.raises(RecipeError, match=message):
+        Recipe("wanda", **options)
+
+
+@pytest.mark.bad_input
+def test_ebft_needs_calibration_even_for_magnitude():
+    from secateurs.errors import CalibrationError
+
+    with pytest.raises(CalibrationError, match="EBFT"):
+        prune(tiny_model("llama"), Recipe("magnitude", ebft_epochs=2), None, device="cpu", progress=False)
+
+
+@pytest.mark.bad_input
+def test_ebft_refuses_several_ranks(calibration):
+    with pytest.raises(RecipeError, match="--workers 1"):
+        prune(tiny_model("llama"), Recipe("wanda", ebft_epochs=2), calibration, device="cpu", reduce=lambda o: None)
+
+
+@pytest.mark.bad_input
+def test_cli_refuses_ebft_with_depth_pruning(tiny_folder, tmp_path, capsys):
+    from secateurs.cli import main
+
+    out = tmp_path / "out"
+    args = ["prune", str(tiny_folder), "--method", "depth", "--remove", "1", "--ebft-epochs", "2"]
+    assert main([*args, "--out", str(out), *FAST]) == 2
+    assert "--ebft-epochs" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("target", ["mlp", "heads"])
+def test_ebft_after_a_width_cut_moves_the_smaller_model_toward_the_dense_one(target, calibration, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from secateurs.recipe import StructuredRecipe
+
+    dense, cut, tuned = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
+    options = {"target": target, "ratio": 0.5, "multiple": 8, "reconstruct": False}
+    prune(cut, StructuredRecipe("width", **options), calibration, device="cpu", progress=False)
+    recipe = StructuredRecipe("width", **options, ebft_epochs=4, ebft_lr=1e-4)  # the tiny model's small weights
+    report = prune(tuned, recipe, calibration, device="cpu", progress=False)
+    assert tuned.config.to_dict() == cut.config.to_dict()
+    assert {n: p.shape for n, p in tuned.named_parameters()} == {n: p.shape for n, p in cut.named_parameters()}
+    records = report["walk"]["ebft"]["blocks"]
+    assert len(records) == 2 and all(r["kept"] and r["error_after"] < r["error_before"] for r in records), records
+    assert _logit_distance(tuned, dense, calibration) < _logit_distance(cut, dense, calibration)
+    tuned.save_pretrained(tmp_path / "tuned")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=calibration).logits, tuned(input_ids=calibration).logits)
+
+
+def test_cli_prune_with_ebft_reports_every_block(tiny_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from secateurs.cli import main
+
+    out = tmp_path / "out"
+    main(["prune", str(tiny_folder), "--method", "sparsegpt", "--ebft-epochs", "2", "--out", str(out), *FAST])
+    report = json.loads((out / "secateurs.json").read_text())
+    assert report["recipe"]["ebft_epochs"] == 2
+    assert report["walk"]["ebft"]["lr"] == 1e-3
+    assert len(report["walk"]["ebft"]["blocks"]) == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    weights = [p for n, p in reloaded.named_parameters() if "layers" in n and n.endswith("proj.weight")]
+    assert sum(int((w == 0).sum()) for w in weights) == sum(w.numel() for w in weights) // 2
