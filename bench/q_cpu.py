@@ -91,6 +91,9 @@ ALLOCATION: dict[str, dict] = {
     "sparsegpt-50-ebft": {"method": "sparsegpt", "ebft_epochs": 8},
     "sparsegpt-2:4-ebft": {"method": "sparsegpt", "pattern": "2:4", "ebft_epochs": 8},
     "wanda-50-ebft": {"method": "wanda", "ebft_epochs": 8},
+    # the same, each block fitted to the dense model's activations (a dense stream walks beside the pruned one)
+    "sparsegpt-50-ebft-model": {"method": "sparsegpt", "ebft_epochs": 8, "ebft_target": "model"},
+    "sparsegpt-2:4-ebft-model": {"method": "sparsegpt", "pattern": "2:4", "ebft_epochs": 8, "ebft_target": "model"},
 }
 SECATEURS.update(ALLOCATION)
 PEER = {
@@ -174,7 +177,7 @@ def run_secateurs(name: str) -> dict:
     from safetensors.torch import load_file
 
     from secateurs import Recipe, load_model, prune
-    from secateurs.report import peak_rss_mib
+    from secateurs.report import peak_rss_mib, versions
 
     torch.set_num_threads(THREADS)
     options = dict(SECATEURS[name])
@@ -182,7 +185,7 @@ def run_secateurs(name: str) -> dict:
     if options.pop("offload", None):
         return run_offloaded(name, Recipe(**options), dtype)
     model, tokenizer = load_model(MODEL, dtype)
-    result: dict = {"name": name, "tool": "secateurs", "dtype": dtype}
+    result: dict = {"name": name, "tool": "secateurs", "dtype": dtype, "versions": versions()}
     if options["method"] is not None:
         calibration = load_file(str(CALIB))["input_ids"]
         recipe = Recipe(**options)
@@ -196,6 +199,7 @@ def run_secateurs(name: str) -> dict:
             true_sequential=recipe.sequential,
             update=recipe.update,
             ebft_epochs=recipe.ebft_epochs,
+            ebft_target=recipe.ebft_target,
             prune_s=report["prune_seconds"],
             sparsity=report["sparsity"],
             walk=report["walk"],
@@ -213,7 +217,7 @@ def run_offloaded(name: str, recipe, dtype: str) -> dict:  # noqa: ANN001
     """The CLI's path with ``--offload disk``: only the block being pruned is in memory; the pruned
     checkpoint is written block by block, then evaluated in a fresh process."""
     from secateurs import run_prune
-    from secateurs.report import peak_rss_mib
+    from secateurs.report import peak_rss_mib, versions
 
     out = WORK / name.replace(":", "-")
     report = run_prune(
@@ -233,6 +237,7 @@ def run_offloaded(name: str, recipe, dtype: str) -> dict:  # noqa: ANN001
         "name": name,
         "tool": "secateurs",
         "dtype": dtype,
+        "versions": versions(),
         "method": recipe.method,
         "pattern": recipe.pattern,
         "target_sparsity": recipe.target_sparsity,

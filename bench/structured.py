@@ -59,6 +59,7 @@ CONFIGURATIONS: dict[str, dict] = {
     # the re-fit, then EBFT: each cut block's weights tuned toward the dense block's output (8 epochs, Adam 1e-3)
     "mlp-25-ebft": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8},
     "heads-3-of-9-ebft": {"method": "width", "target": "heads", "ratio": 1 / 3, "ebft_epochs": 8},
+    "mlp-25-ebft-model": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8, "ebft_target": "model"},
     "depth-3": {"method": "depth", "remove": 3},
     "depth-6": {"method": "depth", "remove": 6},
 }
@@ -69,6 +70,7 @@ REFIT_PAIRS = [
     ("mlp-25-obs", "mlp-25-no-refit"),  # re-fit with channels chosen for it, against the best plain removal
     ("heads-3-of-9", "heads-3-of-9-no-refit"),
     ("mlp-25-ebft", "mlp-25-no-refit"),
+    ("mlp-25-ebft-model", "mlp-25-no-refit"),
     ("heads-3-of-9-ebft", "heads-3-of-9-no-refit"),
 ]
 
@@ -94,11 +96,12 @@ def run_quality(name: str) -> dict:
     from secateurs.evaluate import perplexity
     from secateurs.export import save_checkpoint
     from secateurs.recipe import StructuredRecipe
+    from secateurs.report import versions
 
     torch.set_num_threads(THREADS)
     model, tokenizer = load_model(MODEL, "float32")
     dense_matmul = matmul_parameters(model)
-    result: dict = {"name": name, "dense_matmul_parameters": dense_matmul}
+    result: dict = {"name": name, "dense_matmul_parameters": dense_matmul, "versions": versions()}
     if name != "dense":
         calibration = load_file(str(CALIB))["input_ids"]
         recipe = StructuredRecipe(**CONFIGURATIONS[name])

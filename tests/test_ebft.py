@@ -157,6 +157,48 @@ def test_ebft_on_a_bfloat16_model_keeps_its_dtype(calibration):
     assert all(r["error_after"] < r["error_before"] for r in report["walk"]["ebft"]["blocks"])
 
 
+@pytest.mark.parametrize("target", ["block", "model"])
+def test_each_block_is_fitted_to_the_outputs_its_target_names(target, calibration):
+    """``block``: the dense block's outputs on the pruned model's inputs of the block; ``model``: the dense
+    model's own activations after the block (its hidden states), whatever the pruned blocks before changed."""
+    from secateurs.engine import walk
+
+    dense, model = tiny_model("llama"), tiny_model("llama")
+    with torch.no_grad():
+        hidden_states = dense(input_ids=calibration, output_hidden_states=True).hidden_states
+    aimed_at: list[torch.Tensor] = []
+
+    def record(block, targets, inputs, dense_outputs, arguments) -> list[float]:
+        aimed_at.append(torch.cat(dense_outputs))
+        return []
+
+    def solve(target, observer) -> None:
+        weight = target.weight()
+        weight.masked_fill_(weight.abs() < weight.abs().median(), 0)
+
+    walk(model, calibration, lambda t: None, solve, device="cpu", progress=False, tune=record, tune_target=target)
+    assert len(aimed_at) == 2
+    # hidden_states[1] is block 0's output; the last one, block 1's, has the final norm applied
+    torch.testing.assert_close(aimed_at[0], hidden_states[1])
+    with torch.no_grad():
+        last = dense.model.norm(aimed_at[1])
+    if target == "model":
+        torch.testing.assert_close(last, hidden_states[2])
+    else:  # block 1 saw the pruned block 0's outputs
+        assert not torch.allclose(last, hidden_states[2], atol=1e-2)
+
+
+def test_ebft_toward_the_dense_model_moves_the_model_toward_it(calibration):
+    dense, one_shot, tuned = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
+    prune(one_shot, Recipe("sparsegpt"), calibration, device="cpu", progress=False)
+    recipe = Recipe("sparsegpt", ebft_epochs=4, ebft_target="model")
+    report = prune(tuned, recipe, calibration, device="cpu", progress=False)
+    assert report["walk"]["ebft"]["target"] == "model"
+    assert report["sparsity"] == 0.5
+    assert all(r["kept"] for r in report["walk"]["ebft"]["blocks"])
+    assert _logit_distance(tuned, dense, calibration) < _logit_distance(one_shot, dense, calibration)
+
+
 @pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("options", "message"),
@@ -165,6 +207,7 @@ def test_ebft_on_a_bfloat16_model_keeps_its_dtype(calibration):
         ({"ebft_epochs": 1.5}, "--ebft-epochs"),
         ({"ebft_epochs": 2, "ebft_lr": 0}, "--ebft-lr"),
         ({"ebft_epochs": 2, "ebft_lr": float("nan")}, "--ebft-lr"),
+        ({"ebft_epochs": 2, "ebft_target": "dense"}, "--ebft-target"),
     ],
 )
 def test_bad_ebft_settings_are_refused(options, message):

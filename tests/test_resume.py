@@ -52,6 +52,8 @@ RECIPES = {
     "sparsegpt-one-pass": ["--method", "sparsegpt", "--pattern", "2:4"],
     "wanda-owl-lockstep": ["--method", "wanda", "--allocation", "owl", "--true-sequential", "--batch-size", "2"],
     "sparsegpt-ebft": ["--method", "sparsegpt", "--ebft-epochs", "2"],
+    # the dense stream is saved beside the pruned one and restored with it
+    "wanda-ebft-model": ["--method", "wanda", "--ebft-epochs", "2", "--ebft-target", "model"],
 }
 
 

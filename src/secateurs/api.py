@@ -152,6 +152,7 @@ def prune(
             store=store,
             reduce=reduce,
             tune=None if ebft is None else functools.partial(tune_block, settings=ebft),
+            tune_target=recipe.ebft_target,
         )
         walk_info = {
             "mode": info.mode,
@@ -161,7 +162,12 @@ def prune(
             "notes": info.notes,
         }
         if ebft is not None:
-            walk_info["ebft"] = {"epochs": ebft.epochs, "lr": ebft.lr, "blocks": info.tuned}
+            walk_info["ebft"] = {
+                "epochs": ebft.epochs,
+                "lr": ebft.lr,
+                "target": recipe.ebft_target,
+                "blocks": info.tuned,
+            }
     elif store is None:
         with torch.no_grad():
             for target in targets:

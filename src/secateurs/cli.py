@@ -66,6 +66,7 @@ def _recipe(args: argparse.Namespace) -> object:
             dampening=args.dampening,
             ebft_epochs=args.ebft_epochs,
             ebft_lr=args.ebft_lr,
+            ebft_target=args.ebft_target,
         )
     return Recipe(
         args.method,
@@ -88,6 +89,7 @@ def _recipe(args: argparse.Namespace) -> object:
         refine_threshold=args.refine_threshold,
         ebft_epochs=args.ebft_epochs,
         ebft_lr=args.ebft_lr,
+        ebft_target=args.ebft_target,
     )
 
 

@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         "to the dense block's output (0: off, the default; 4 to 8 is a good start)",
     )
     tuning.add_argument("--ebft-lr", type=float, default=1e-3, help="EBFT's Adam learning rate (default 1e-3)")
+    tuning.add_argument(
+        "--ebft-target",
+        default="block",
+        choices=["block", "model"],
+        help="what each tuned block's output is fitted to: the dense block's output on the same inputs (block, "
+        "EBFT's, the default), or the dense model's activation after the block (model: a dense stream walks "
+        "beside the pruned one, so each block also corrects the error of the blocks before it)",
+    )
     structured = prune.add_argument_group("structured pruning (--method width or depth)")
     structured.add_argument("--target", default="mlp", choices=["mlp", "heads"], help="width: what to remove")
     structured.add_argument("--ratio", type=float, default=None, help="fraction of channels, heads or layers removed")

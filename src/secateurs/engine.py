@@ -16,7 +16,9 @@ and ``solve(target, observer)`` (prunes ``target.weight()`` in place). Three wal
 
 Any walk can tune each block after it is pruned (``tune``, e.g. ``secateurs.ebft``): the block's inputs and
 the dense block's outputs on them are kept (twice the calibration activations more), the caller's ``tune``
-changes the pruned block's weights, and the tuned block's outputs go on to the next block.
+changes the pruned block's weights, and the tuned block's outputs go on to the next block. With
+``tune_target="model"`` the outputs aimed at are the dense model's own: a dense stream walks beside the pruned
+one (in the same memory), so each block is also tuned to undo the drift of the pruned blocks before it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .checkpoint import WalkState
-from .errors import ResumeError, UnsupportedModelError
+from .errors import RecipeError, ResumeError, UnsupportedModelError
 from .models.discover import Target, check_token_ids, find_blocks, find_targets
 
 
@@ -55,6 +57,8 @@ Tune = Callable[[nn.Module, list[Target], list[torch.Tensor], list[torch.Tensor]
 # Calibration windows per forward in the batched walks: measured on a 2-core CPU with SmolLM2 (512 tokens a
 # window), 4 ran a block 25% faster than 16 and 2x faster than the whole batch of 128 (cache-friendly sizes).
 DEFAULT_BATCH_SIZE = 4
+# what a tuned block aims at: the dense block's outputs on its own inputs, or the dense model's activations
+TUNE_TARGETS = ("block", "model")
 
 # A captured KV cache grows by gigabytes and is never needed for calibration.
 _NO_CACHE = {"cache": None, "past_key_values": None, "past_key_value": None, "layer_past": None, "use_cache": False}
@@ -299,6 +303,7 @@ def walk(
     store: BlockStore | None = None,
     reduce: Callable[[Observer], None] | None = None,
     tune: Tune | None = None,
+    tune_target: str = "block",
 ) -> WalkReport:
     """Prune every target of every decoder block of ``model`` in place, block by block.
 
@@ -308,8 +313,11 @@ def walk(
     weights on the device and takes them off (default: they live in memory; ``secateurs.offload`` reads them
     from disk). ``reduce`` completes an observer's statistics with the other ranks' before it is solved
     (``secateurs.distributed``). ``tune`` changes each block's weights after it is pruned, before its outputs
-    go on (see the module's docstring); the report holds each block's error before and after.
+    go on (see the module's docstring); the report holds each block's error before and after. ``tune_target``:
+    ``block``, the dense block's outputs on the pruned block's inputs (EBFT's), or ``model``, the dense model's.
     """
+    if tune_target not in TUNE_TARGETS:
+        raise RecipeError(f"tuning target {tune_target!r} is not known: choose {' or '.join(TUNE_TARGETS)}")
     store = store or MemoryBlocks(torch.device(device))
     device = torch.device(device)
     blocks_name, blocks = find_blocks(model)
@@ -352,7 +360,9 @@ def walk(
             finally:
                 store.release_outside()
             seconds["capture"] = time.perf_counter() - start
-            first = _restore(state, blocks, inputs)
+            # the dense model's activations beside the pruned ones (tuning toward the dense model's outputs)
+            reference = [h.clone() for h in inputs.hidden] if tune is not None and tune_target == "model" else None
+            first = _restore(state, blocks, [inputs.hidden] if reference is None else [inputs.hidden, reference])
             passes = 0
             bar = tqdm(blocks, desc="pruning", unit="block", disable=not progress, initial=first)
             for index, block in enumerate(blocks):
@@ -368,11 +378,11 @@ def walk(
                 ]
                 if tune is not None and mode != "observe-only":
                     pruned = functools.partial(find_targets, block, f"{blocks_name}.{index}", ignore)
-                    step = functools.partial(_tuned_step, step, tune, report.tuned, index, pruned)
+                    step = functools.partial(_tuned_step, step, tune, report.tuned, index, pruned, reference)
                 passes += step(block, targets, inputs.hidden, arguments, make_observer, timed_solve, seconds, reduce)
                 start = time.perf_counter()
                 if state is not None:
-                    state.save_block(index, f"{blocks_name}.{index}", block, inputs.hidden)
+                    state.save_block(index, f"{blocks_name}.{index}", block, inputs.hidden + (reference or []))
                 store.release(index, block)
                 release_free_memory()
                 seconds["write"] += time.perf_counter() - start
@@ -386,19 +396,28 @@ def walk(
 
 
 def _tuned_step(
-    step, tune: Tune, records: list, index: int, pruned, block, targets, hidden, arguments, *walk_state
+    step, tune: Tune, records: list, index: int, pruned, reference, block, targets, hidden, arguments, *walk_state
 ) -> int:  # noqa: ANN001
-    """``step`` (prune the block), with the block tuned after it: the block's inputs and the unpruned block's
-    outputs on them are kept first, and the tuned block's outputs end in ``hidden``. ``pruned()`` finds the
-    block's weights again after the step (a structured cut gives modules new, smaller ones). The record's
-    error is the share of the dense block's update (output - input) that the block misses,
-    sum ||y - y_dense||^2 / sum ||y_dense - x||^2 over the calibration tokens, before and after tuning; a
-    tuning that does not lower it is undone."""
+    """``step`` (prune the block), with the block tuned after it: the block's inputs and the outputs aimed at are
+    kept first, and the tuned block's outputs end in ``hidden``. The outputs aimed at are the unpruned block's on
+    the same inputs or, with a ``reference`` stream (the dense model's inputs of this block), the unpruned block's
+    on those, which then become the stream's next inputs. ``pruned()`` finds the block's weights again after the
+    step (a structured cut gives modules new, smaller ones). The record's error is the share of the dense block's
+    update (output - input) that the block misses, sum ||y - y_dense||^2 / sum ||y_dense - x_dense||^2 over the
+    calibration tokens, before and after tuning; a tuning that does not lower it is undone."""
     make_observer, solve, seconds, reduce = walk_state
     start = time.perf_counter()
     inputs = [batch.clone() for batch in hidden]
-    dense = [run_block(block, batch, arguments[batch.shape[0]]) for batch in inputs]
-    update = sum(float((y.float() - x.float()).pow(2).sum()) for x, y in zip(inputs, dense, strict=True))
+    if reference is None:
+        dense = [run_block(block, batch, arguments[batch.shape[0]]) for batch in inputs]
+        update = sum(float((y.float() - x.float()).pow(2).sum()) for x, y in zip(inputs, dense, strict=True))
+    else:
+        update = 0.0
+        for j, batch in enumerate(reference):
+            output = run_block(block, batch, arguments[batch.shape[0]])
+            update += float((output.float() - batch.float()).pow(2).sum())
+            _overwrite(reference, j, output)
+        dense = reference
 
     def error() -> float:
         missed = sum(float((h.float() - y.float()).pow(2).sum()) for h, y in zip(hidden, dense, strict=True))
@@ -466,16 +485,18 @@ class MemoryBlocks:
         pass
 
 
-def _restore(state: WalkState | None, blocks: nn.ModuleList, inputs: BlockInputs) -> int:
-    """Load an interrupted run's finished blocks and the next block's inputs; returns the first block to walk."""
+def _restore(state: WalkState | None, blocks: nn.ModuleList, streams: list[list[torch.Tensor]]) -> int:
+    """Load an interrupted run's finished blocks and the next block's inputs into ``streams`` (the pruned stream's
+    batches, then the dense stream's where one walks beside it); returns the first block to walk."""
     if state is None or not state.blocks_done:
         return 0
     saved = state.restore(blocks, load_blocks=state.extra.get("restore_blocks", True))
     if saved is not None:
-        device = inputs.hidden[0].device
-        if [tuple(h.shape) for h in saved] != [tuple(h.shape) for h in inputs.hidden]:
+        device = streams[0][0].device
+        if [tuple(h.shape) for h in saved] != [tuple(h.shape) for stream in streams for h in stream]:
             raise ResumeError("the saved calibration inputs do not match this run's batches: run without --resume")
-        inputs.hidden[:] = [h.to(device) for h in saved]
+        for stream in streams:
+            stream[:], saved = [h.to(device) for h in saved[: len(stream)]], saved[len(stream) :]
     return state.blocks_done
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .allocation import OWL_LAMBDA, OWL_M, parse_schedule, read_allocation_file
 from .ebft import DEFAULT_LR as EBFT_LR
+from .engine import TUNE_TARGETS
 from .errors import RecipeError
 from .methods import HESSIAN, NORMS, UPDATES, get_method, ria
 from .methods.dsnot import UPDATE_THRESHOLD
@@ -17,11 +18,13 @@ from .patterns import NMPattern, parse_pattern
 DEFAULT_SPARSITY = 0.5
 
 
-def _check_ebft(epochs: object, lr: object) -> None:
+def _check_ebft(epochs: object, lr: object, target: object) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise RecipeError(f"--ebft-epochs {epochs!r} must be a whole number >= 0 (0: no tuning), e.g. 4")
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise RecipeError(f"--ebft-lr {lr!r} must be a positive learning rate, e.g. 1e-3")
+    if target not in TUNE_TARGETS:
+        raise RecipeError(f"--ebft-target {target!r} is not known: choose {' or '.join(TUNE_TARGETS)}")
 
 
 @dataclass
@@ -35,7 +38,8 @@ class Recipe:
     for SparseGPT). ``update`` adds SparseGPT's OBS weight update to a score's mask (``obs-seq``: the mask
     fixed first; ``obs-iter``: re-chosen every ``blocksize`` columns). ``blocksize`` and ``dampening``
     (lambda, a fraction of mean(diag H)) are SparseGPT's. ``ebft_epochs`` > 0 tunes each pruned block's kept
-    weights toward the dense block's output (``secateurs.ebft``), at Adam learning rate ``ebft_lr``.
+    weights toward the dense block's output (``secateurs.ebft``), at Adam learning rate ``ebft_lr``; with
+    ``ebft_target="model"`` toward the dense model's activation after the block.
     """
 
     method: str = "wanda"
@@ -58,6 +62,7 @@ class Recipe:
     refine_threshold: float = UPDATE_THRESHOLD
     ebft_epochs: int = 0
     ebft_lr: float = EBFT_LR
+    ebft_target: str = "block"
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -99,7 +104,7 @@ class Recipe:
                 )
         if not (isinstance(self.refine_threshold, (int, float)) and self.refine_threshold >= 0):
             raise RecipeError(f"refine threshold {self.refine_threshold!r} must be a number >= 0, e.g. 0.1")
-        _check_ebft(self.ebft_epochs, self.ebft_lr)
+        _check_ebft(self.ebft_epochs, self.ebft_lr, self.ebft_target)
         if nm is not None and self.blocksize % nm.m:
             raise RecipeError(
                 f"blocksize {self.blocksize} splits the groups of pattern {nm}: give a multiple of M={nm.m}, e.g. 128"
@@ -179,7 +184,8 @@ class StructuredRecipe:
     ``multiple``) or of every attention's query heads (``target="heads"``; ``head_grouping`` ``queries`` keeps
     the same number of query heads in every KV group, ``kv-groups`` removes whole groups), scored by ``score``
     and, with ``reconstruct``, the next projection re-fitted by least squares; ``ebft_epochs`` > 0 then tunes
-    the cut block's weights toward the dense block's output (``secateurs.ebft``). ``depth``: remove ``remove``
+    the cut block's weights toward the dense block's output (or, ``ebft_target="model"``, the dense model's
+    activation after the block; ``secateurs.ebft``). ``depth``: remove ``remove``
     decoder blocks (or ``ratio`` of them), chosen by ``score``.
     """
 
@@ -195,9 +201,10 @@ class StructuredRecipe:
     dampening: float = 0.01
     ebft_epochs: int = 0
     ebft_lr: float = EBFT_LR
+    ebft_target: str = "block"
 
     def __post_init__(self) -> None:
-        _check_ebft(self.ebft_epochs, self.ebft_lr)
+        _check_ebft(self.ebft_epochs, self.ebft_lr, self.ebft_target)
         if self.method not in STRUCTURED_METHODS:
             raise RecipeError(f"structured method {self.method!r} is not known: choose width or depth")
         if self.ratio is not None:

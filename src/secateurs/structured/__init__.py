@@ -150,6 +150,7 @@ def _prune_width(
             device=device,
             progress=progress,
             tune=None if ebft is None else functools.partial(tune_block, settings=ebft),
+            tune_target=recipe.ebft_target,
         )
     finally:
         for block in blocks:
@@ -160,7 +161,12 @@ def _prune_width(
         set_heads(model.config, sizes["heads"], sizes["kv_heads"], first.head_dim)
     walk_info: dict[str, Any] = {"mode": walk_report.mode, "seconds": walk_report.seconds}
     if ebft is not None:
-        walk_info["ebft"] = {"epochs": ebft.epochs, "lr": ebft.lr, "blocks": walk_report.tuned}
+        walk_info["ebft"] = {
+            "epochs": ebft.epochs,
+            "lr": ebft.lr,
+            "target": recipe.ebft_target,
+            "blocks": walk_report.tuned,
+        }
     return {"sizes": sizes, "layers": layers, "walk": walk_info}
 
 
