@@ -51,3 +51,18 @@ def replace_readme_block(begin: str, end: str, body: str) -> bool:
         return False
     README.write_text(text)
     return True
+
+
+def version_notes(results: dict) -> list[str]:
+    """README lines naming the rows run under other torch/transformers versions than the file's header (which
+    ``write_results`` stamps with the last run's), grouped by version; rows that record no versions are left out."""
+    header = (results["versions"].get("torch"), results["versions"].get("transformers"))
+    other: dict[tuple, list[str]] = {}
+    for name, run in results["runs"].items():
+        stamp = (run.get("versions", {}).get("torch"), run.get("versions", {}).get("transformers"))
+        if run.get("tool", "secateurs") == "secateurs" and "versions" in run and stamp != header:
+            other.setdefault(stamp, []).append(name)
+    return [
+        f"Run with torch {torch_version}, transformers {transformers_version}: {', '.join(names)}."
+        for (torch_version, transformers_version), names in other.items()
+    ]

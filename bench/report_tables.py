@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import replace_readme_block  # noqa: E402
+from common import replace_readme_block, version_notes  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -71,15 +71,8 @@ def q_cpu_table(results: dict, file_name: str) -> str:
             f"{peer_name if peer else '-'} | {_ratio(run['ppl'], peer.get('ppl'))} | "
             f"{_ratio(prune_s, peer.get('prune_s'))} | {_ratio(run.get('peak_rss_mib'), peer.get('peak_rss_mib'))} |"
         )
-    # rows run under other versions than the file's header (which names the last run's), grouped by version
-    header = (results["versions"].get("torch"), results["versions"].get("transformers"))
-    other: dict[tuple, list[str]] = {}
-    for name, run in runs.items():
-        stamp = (run.get("versions", {}).get("torch"), run.get("versions", {}).get("transformers"))
-        if run.get("tool") == "secateurs" and "versions" in run and stamp != header:
-            other.setdefault(stamp, []).append(name)
-    for (torch_version, transformers_version), names in other.items():
-        lines += ["", f"Run with torch {torch_version}, transformers {transformers_version}: {', '.join(names)}."]
+    for note in version_notes(results):
+        lines += ["", note]
     # the peer script's own account of how it ran llmcompressor's OWL, written into its rows
     workaround = next((run["owl_workaround"] for run in runs.values() if run.get("owl_workaround")), None)
     if workaround:

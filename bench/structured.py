@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import read_results, replace_readme_block, write_results  # noqa: E402
+from common import read_results, replace_readme_block, version_notes, write_results  # noqa: E402
 from q_cpu import CALIB, EVAL_SEQLEN, EVAL_WINDOWS, GGUF, MODEL, THREADS, WIKITEXT, WORK  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "structured.json"
@@ -221,6 +221,8 @@ def table(results: dict, path: Path) -> str:
             if dense
             else f"| {name} | - | {run['ppl']:.2f} | - | - | - | - | - | - |"
         )
+    for note in version_notes(results):
+        lines += ["", note]
     found = targets(results)
     if found:
         lines += ["", "Targets of issue 4, checked on these figures:", "", *found]
