@@ -6,10 +6,10 @@ SparseGPT and the OBS updates fit each Linear alone, by least squares, on inputs
 pruned Linears; this fits the whole block at once, through its norms, attention and activation functions.
 The walk calls ``tune_block`` between the solve and the propagation (``walk(..., tune=...)``).
 
-What the block is fitted to (``TUNE_TARGETS``): ``block``, the dense block's output on the pruned model's
-inputs of the block, as in EBFT's reference code; or ``model``, the dense model's own activation after the
-block, so that each block also corrects the error the pruned blocks before it left in its inputs (the "global
-propagation" of Shin et al. 2024, "Rethinking Pruning Large Language Models").
+What the block is fitted to (``secateurs.engine.TUNE_TARGETS``): ``block``, the dense block's output on the
+pruned model's inputs of the block, as in EBFT's reference code; or ``model``, the dense model's own activation
+after the block, so that each block also corrects the error the pruned blocks before it left in its inputs (the
+"global propagation" of Shin et al. 2024, "Rethinking Pruning Large Language Models").
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .checkpoint import WalkState
-from .errors import RecipeError, ResumeError, UnsupportedModelError
+from .errors import ResumeError, UnsupportedModelError
 from .models.discover import Target, check_token_ids, find_blocks, find_targets
 
 
@@ -314,10 +314,9 @@ def walk(
     from disk). ``reduce`` completes an observer's statistics with the other ranks' before it is solved
     (``secateurs.distributed``). ``tune`` changes each block's weights after it is pruned, before its outputs
     go on (see the module's docstring); the report holds each block's error before and after. ``tune_target``:
-    ``block``, the dense block's outputs on the pruned block's inputs (EBFT's), or ``model``, the dense model's.
+    ``block``, the dense block's outputs on the pruned block's inputs (EBFT's), or ``model``, the dense model's
+    (one of ``TUNE_TARGETS``, which the recipe checks).
     """
-    if tune_target not in TUNE_TARGETS:
-        raise RecipeError(f"tuning target {tune_target!r} is not known: choose {' or '.join(TUNE_TARGETS)}")
     store = store or MemoryBlocks(torch.device(device))
     device = torch.device(device)
     blocks_name, blocks = find_blocks(model)
