@@ -17,7 +17,7 @@ from torch import nn
 from . import data as data_module
 from . import distributed
 from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
-from .ebft import TuneSettings, tune_block
+from .ebft import TuneSettings, tune_block, tune_report
 from .engine import BlockStore, fix_mmap_threshold, walk
 from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
 from .evaluate import perplexity
@@ -162,12 +162,7 @@ def prune(
             "notes": info.notes,
         }
         if ebft is not None:
-            walk_info["ebft"] = {
-                "epochs": ebft.epochs,
-                "lr": ebft.lr,
-                "target": recipe.ebft_target,
-                "blocks": info.tuned,
-            }
+            walk_info["ebft"] = tune_report(ebft, recipe.ebft_target, info.tuned)
     elif store is None:
         with torch.no_grad():
             for target in targets:

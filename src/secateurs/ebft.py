@@ -39,6 +39,12 @@ class TuneSettings:
     seed: int = 0
 
 
+def tune_report(settings: TuneSettings, target: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's ``walk.ebft``: the settings, what each block was fitted to, and the walk's per-block record
+    (``WalkReport.tuned``: errors before and after, whether the tuning was kept, each epoch's loss)."""
+    return {"epochs": settings.epochs, "lr": settings.lr, "target": target, "blocks": blocks}
+
+
 def kept_masks(targets: list[Target]) -> dict[nn.Parameter, torch.Tensor]:
     """For each parameter holding a pruned target: True where a target's weight is kept (non-zero). The rest
     of the parameter (an ignored expert of a fused tensor) stays as it is."""

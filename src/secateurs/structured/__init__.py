@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ebft import TuneSettings, tune_block
+from ..ebft import TuneSettings, tune_block, tune_report
 from ..engine import walk
 from ..errors import RecipeError
 from ..models import Target, find_blocks
@@ -161,12 +161,7 @@ def _prune_width(
         set_heads(model.config, sizes["heads"], sizes["kv_heads"], first.head_dim)
     walk_info: dict[str, Any] = {"mode": walk_report.mode, "seconds": walk_report.seconds}
     if ebft is not None:
-        walk_info["ebft"] = {
-            "epochs": ebft.epochs,
-            "lr": ebft.lr,
-            "target": recipe.ebft_target,
-            "blocks": walk_report.tuned,
-        }
+        walk_info["ebft"] = tune_report(ebft, recipe.ebft_target, walk_report.tuned)
     return {"sizes": sizes, "layers": layers, "walk": walk_info}
 
 
