@@ -3,6 +3,7 @@ CLI runs: load, calibrate, prune, evaluate, save) and ``run_evaluation`` (perple
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -17,6 +18,7 @@ from torch import nn
 from . import data as data_module
 from . import distributed
 from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
+from .distill import distill
 from .ebft import TuneSettings, tune_block, tune_report
 from .engine import BlockStore, fix_mmap_threshold, walk
 from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
@@ -87,13 +89,20 @@ def prune(
             "--ebft-epochs tunes each block on one process's calibration: run it with --workers 1 (the ranks "
             "would tune their copies apart)"
         )
+    if recipe.distill_epochs and (store is not None or reduce is not None):
+        raise RecipeError(
+            "--distill-epochs trains the whole model beside a dense copy, on one process: run it without --offload "
+            "and with --workers 1"
+        )
     if recipe.needs_calibration and calibration is None:
         raise CalibrationError(
             f"{method.name}{' with --update' if recipe.update else ''}"
-            f"{' with OWL' if recipe.allocation == 'owl' else ''}{' with EBFT' if recipe.ebft_epochs else ''} reads "
+            f"{' with OWL' if recipe.allocation == 'owl' else ''}{' with EBFT' if recipe.ebft_epochs else ''}"
+            f"{' with distillation' if recipe.distill_epochs else ''} reads "
             "calibration activations: give calibration data"
         )
     start = time.perf_counter()
+    teacher = copy.deepcopy(model) if recipe.distill_epochs else None  # the dense model, before any block changes
     plans, allocation = layer_plans(model, recipe, calibration, device, batch_size, progress, store, reduce)
     layers: list[dict[str, Any]] = state.layers if state is not None else []
     observer_class = HessianObserver if statistics == HESSIAN else InputNormObserver
@@ -177,6 +186,18 @@ def prune(
                 if state is not None:
                     state.save_block(index, f"{blocks_name}.{index}", block, [])
                 store.release(index, block)
+    distilled: dict[str, Any] = {}
+    if teacher is not None:
+        settings = TuneSettings(recipe.distill_epochs, recipe.distill_lr)
+        began = time.perf_counter()
+        losses = distill(model, teacher, targets, calibration, settings, device, progress)
+        del teacher
+        distilled = {
+            "epochs": settings.epochs,
+            "lr": settings.lr,
+            "epoch_losses": [round(loss, 6) for loss in losses],
+            "seconds": round(time.perf_counter() - began, 3),
+        }
     seconds = time.perf_counter() - start
     total = sum(layer["shape"][0] * layer["shape"][1] for layer in layers)
     zeros = sum(layer["sparsity"] * layer["shape"][0] * layer["shape"][1] for layer in layers)
@@ -188,6 +209,7 @@ def prune(
         "pruned_parameters": total,
         "prune_seconds": round(seconds, 3),
         "walk": walk_info,
+        "distill": distilled,
         "allocation": allocation,
         "peak_rss_mib": peak_rss_mib(),
         "peak_cuda_mib": peak_cuda_mib(),

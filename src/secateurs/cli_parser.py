@@ -149,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
         "EBFT's, the default), or the dense model's activation after the block (model: a dense stream walks "
         "beside the pruned one, so each block also corrects the error of the blocks before it)",
     )
+    distillation = prune.add_argument_group("distillation after pruning (KL to the dense model's predictions)")
+    distillation.add_argument(
+        "--distill-epochs",
+        type=int,
+        default=0,
+        help="epochs of Adam over the calibration windows after the walk: the whole pruned model's kept weights are "
+        "fitted to the dense model's next-token distributions (0: off, the default; 1 is a good start). Keeps a "
+        "dense copy of the model beside the pruned one",
+    )
+    distillation.add_argument(
+        "--distill-lr", type=float, default=1e-4, help="the distillation's Adam learning rate (default 1e-4)"
+    )
     structured = prune.add_argument_group("structured pruning (--method width or depth)")
     structured.add_argument("--target", default="mlp", choices=["mlp", "heads"], help="width: what to remove")
     structured.add_argument("--ratio", type=float, default=None, help="fraction of channels, heads or layers removed")

@@ -31,8 +31,8 @@ DEFAULT_LR = 1e-3
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """``epochs`` passes over the calibration batches, each batch one Adam step at learning rate ``lr``, in an
-    order drawn from ``seed``."""
+    """``epochs`` passes over the calibration batches (or windows, ``secateurs.distill``), each one Adam step at
+    learning rate ``lr``, in an order drawn from ``seed``."""
 
     epochs: int
     lr: float = DEFAULT_LR
@@ -68,39 +68,51 @@ def tune_block(
     """Tune the kept weights of ``targets`` in ``block`` in place to minimise the mean squared error between
     ``run_block(block, inputs[j], ...)`` and ``dense_outputs[j]``; returns each epoch's mean loss.
 
-    The optimizer works on float32 copies of the weights (a 16-bit model's weights are rounded from them after
-    every step). Its gradients are masked from the first step: Adam's moments stay exactly zero where the
-    gradient always was, so a pruned weight never leaves zero, and an ignored one never changes.
+    The steps are ``MaskedAdam``'s: pruned weights stay zero, and nothing but the targets' weights changes.
     """
-    masks = kept_masks(targets)
-    parameters = list(masks)
-    master = [parameter.detach().float().clone() for parameter in parameters]
-    optimizer = torch.optim.Adam(master, lr=settings.lr)
-    frozen = {parameter: parameter.requires_grad for parameter in block.parameters()}
-    for parameter in block.parameters():
-        parameter.requires_grad_(parameter in masks)
     generator = torch.Generator().manual_seed(settings.seed)
     losses: list[float] = []
-    try:
-        with torch.enable_grad():
-            for _ in range(settings.epochs):
-                total = 0.0
-                for j in torch.randperm(len(inputs), generator=generator).tolist():
-                    output = run_block(block, inputs[j], arguments[inputs[j].shape[0]])
-                    loss = F.mse_loss(output.float(), dense_outputs[j].float())
-                    for parameter in parameters:
-                        parameter.grad = None
-                    loss.backward()
-                    for parameter, copy, mask in zip(parameters, master, masks.values(), strict=True):
-                        copy.grad = parameter.grad.float() * mask if parameter.grad is not None else None
-                    optimizer.step()
-                    with torch.no_grad():
-                        for parameter, copy in zip(parameters, master, strict=True):
-                            parameter.copy_(copy)
-                    total += loss.item()
-                losses.append(total / len(inputs))
-    finally:
-        for parameter, requires_grad in frozen.items():
+    with torch.enable_grad(), MaskedAdam(block, kept_masks(targets), settings.lr) as adam:
+        for _ in range(settings.epochs):
+            total = 0.0
+            for j in torch.randperm(len(inputs), generator=generator).tolist():
+                output = run_block(block, inputs[j], arguments[inputs[j].shape[0]])
+                total += adam.step(F.mse_loss(output.float(), dense_outputs[j].float()))
+            losses.append(total / len(inputs))
+    return losses
+
+
+class MaskedAdam:
+    """Adam on float32 copies of the parameters in ``masks`` (a 16-bit model's weights are rounded from them
+    after every step), with each gradient masked from the first step: Adam's moments stay exactly zero where the
+    gradient always was, so a pruned weight never leaves zero, and an ignored one never changes. Inside ``with``
+    only those parameters of ``module`` take gradients; on leaving, every parameter is as it was."""
+
+    def __init__(self, module: nn.Module, masks: dict[nn.Parameter, torch.Tensor], lr: float) -> None:
+        self.module, self.masks = module, masks
+        self.master = [parameter.detach().float().clone() for parameter in masks]
+        self.optimizer = torch.optim.Adam(self.master, lr=lr)
+        self.frozen = {parameter: parameter.requires_grad for parameter in module.parameters()}
+
+    def __enter__(self) -> MaskedAdam:
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(parameter in self.masks)
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        for parameter, requires_grad in self.frozen.items():
             parameter.requires_grad_(requires_grad)
             parameter.grad = None
-    return losses
+
+    def step(self, loss: torch.Tensor) -> float:
+        """Back-propagate ``loss``, take one masked step; returns the loss."""
+        for parameter in self.masks:
+            parameter.grad = None
+        loss.backward()
+        for (parameter, mask), copy in zip(self.masks.items(), self.master, strict=True):
+            copy.grad = parameter.grad.float() * mask if parameter.grad is not None else None
+        self.optimizer.step()
+        with torch.no_grad():
+            for parameter, copy in zip(self.masks, self.master, strict=True):
+                parameter.copy_(copy)
+        return float(loss.detach())

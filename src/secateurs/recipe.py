@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .allocation import OWL_LAMBDA, OWL_M, parse_schedule, read_allocation_file
+from .distill import DEFAULT_LR as DISTILL_LR
 from .ebft import DEFAULT_LR as EBFT_LR
 from .engine import TUNE_TARGETS
 from .errors import RecipeError
@@ -27,6 +28,13 @@ def _check_ebft(epochs: object, lr: object, target: object) -> None:
         raise RecipeError(f"--ebft-target {target!r} is not known: choose {' or '.join(TUNE_TARGETS)}")
 
 
+def _check_distill(epochs: object, lr: object) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise RecipeError(f"--distill-epochs {epochs!r} must be a whole number >= 0 (0: no distillation), e.g. 1")
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise RecipeError(f"--distill-lr {lr!r} must be a positive learning rate, e.g. 1e-4")
+
+
 @dataclass
 class Recipe:
     """A pruning recipe.
@@ -39,7 +47,9 @@ class Recipe:
     fixed first; ``obs-iter``: re-chosen every ``blocksize`` columns). ``blocksize`` and ``dampening``
     (lambda, a fraction of mean(diag H)) are SparseGPT's. ``ebft_epochs`` > 0 tunes each pruned block's kept
     weights toward the dense block's output (``secateurs.ebft``), at Adam learning rate ``ebft_lr``; with
-    ``ebft_target="model"`` toward the dense model's activation after the block.
+    ``ebft_target="model"`` toward the dense model's activation after the block. ``distill_epochs`` > 0 then
+    tunes the whole pruned model's kept weights toward the dense model's next-token distributions
+    (``secateurs.distill``), at Adam learning rate ``distill_lr``.
     """
 
     method: str = "wanda"
@@ -63,6 +73,8 @@ class Recipe:
     ebft_epochs: int = 0
     ebft_lr: float = EBFT_LR
     ebft_target: str = "block"
+    distill_epochs: int = 0
+    distill_lr: float = DISTILL_LR
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -105,6 +117,7 @@ class Recipe:
         if not (isinstance(self.refine_threshold, (int, float)) and self.refine_threshold >= 0):
             raise RecipeError(f"refine threshold {self.refine_threshold!r} must be a number >= 0, e.g. 0.1")
         _check_ebft(self.ebft_epochs, self.ebft_lr, self.ebft_target)
+        _check_distill(self.distill_epochs, self.distill_lr)
         if nm is not None and self.blocksize % nm.m:
             raise RecipeError(
                 f"blocksize {self.blocksize} splits the groups of pattern {nm}: give a multiple of M={nm.m}, e.g. 128"
@@ -140,7 +153,9 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.statistics is not None or self.allocation == "owl" or self.ebft_epochs > 0
+        return (
+            self.statistics is not None or self.allocation == "owl" or self.ebft_epochs > 0 or self.distill_epochs > 0
+        )
 
     @property
     def target_sparsity(self) -> float:

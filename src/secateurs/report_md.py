@@ -171,6 +171,13 @@ def _cost(report: dict[str, Any]) -> list[str]:
         walk_rows += [(f"{stage} (s)", value) for stage, value in (walk.get("seconds") or {}).items()]
         lines += ["Block-by-block walk:", markdown_table(["quantity", "value"], walk_rows)]
         lines += [f"- {note}" for note in walk.get("notes") or []]
+    distilled = report.get("distill") or {}
+    if distilled:
+        losses = ", ".join(f"{loss:g}" for loss in distilled["epoch_losses"])
+        lines.append(
+            f"Distillation: {distilled['epochs']} epoch(s) at Adam lr {distilled['lr']:g}, {distilled['seconds']} s; "
+            f"mean KL to the dense model per epoch (nats per token): {losses}."
+        )
     return lines if len(lines) > 1 else []
 
 

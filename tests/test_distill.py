@@ -1,0 +1,110 @@
+"""Distillation after pruning: the pruned model's zeros stay, only the pruned layers' kept weights change, and
+its predictions move toward the dense model's."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import tiny_model
+
+from secateurs import Recipe, prune
+from secateurs.errors import RecipeError
+
+FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
+
+
+def _kl_to(dense, model, ids) -> float:
+    """KL(dense || model) of the next-token distributions, nats per token: what the distillation minimises."""
+    with torch.no_grad():
+        aimed = F.log_softmax(dense(input_ids=ids).logits, -1).flatten(0, 1)
+        predicted = F.log_softmax(model(input_ids=ids).logits, -1).flatten(0, 1)
+    return float(F.kl_div(predicted, aimed, log_target=True, reduction="batchmean"))
+
+
+@pytest.mark.parametrize(
+    ("family", "method", "pattern"), [("llama", "sparsegpt", "unstructured"), ("qwen2", "wanda", "2:4")]
+)
+def test_distillation_keeps_the_zeros_and_moves_the_predictions_toward_the_dense_model(
+    family, method, pattern, calibration
+):
+    dense, one_shot, distilled = tiny_model(family), tiny_model(family), tiny_model(family)
+    prune(one_shot, Recipe(method, pattern=pattern), calibration, device="cpu", progress=False)
+    recipe = Recipe(method, pattern=pattern, distill_epochs=3, distill_lr=3e-4)
+    report = prune(distilled, recipe, calibration, device="cpu", progress=False)
+
+    pruned = {layer["name"] for layer in report["layers"]}
+    changed = 0
+    for (name, weight), (_, before) in zip(distilled.named_parameters(), one_shot.named_parameters(), strict=True):
+        if name.removesuffix(".weight") in pruned:
+            assert torch.equal(weight == 0, before == 0), name  # the same zeros, exactly: the pattern holds
+            changed += not torch.equal(weight, before)
+        else:  # embeddings, norms, biases, the head: as they were
+            assert torch.equal(weight, before), name
+    assert changed == len(pruned)
+    assert report["sparsity"] == 0.5
+    assert len(report["distill"]["epoch_losses"]) == 3
+    assert report["distill"]["epoch_losses"][-1] < report["distill"]["epoch_losses"][0]
+    assert _kl_to(dense, distilled, calibration) < 0.5 * _kl_to(dense, one_shot, calibration)
+    assert all(p.device.type == "cpu" and p.grad is None for p in distilled.parameters())
+
+
+def test_distillation_follows_ebft(calibration):
+    dense, tuned, both = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
+    prune(tuned, Recipe("sparsegpt", ebft_epochs=2), calibration, device="cpu", progress=False)
+    report = prune(
+        both, Recipe("sparsegpt", ebft_epochs=2, distill_epochs=2), calibration, device="cpu", progress=False
+    )
+    assert report["walk"]["ebft"]["blocks"] and report["distill"]["epochs"] == 2
+    assert _kl_to(dense, both, calibration) < _kl_to(dense, tuned, calibration)
+
+
+def test_cli_writes_a_distilled_model_that_reloads(tiny_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from secateurs.cli import main
+
+    out = tmp_path / "out"
+    args = ["prune", str(tiny_folder), "--method", "wanda", "--distill-epochs", "1", "--out", str(out), *FAST]
+    assert main(args) == 0
+    report = json.loads((out / "secateurs.json").read_text())
+    assert report["recipe"]["distill_epochs"] == 1 and len(report["distill"]["epoch_losses"]) == 1
+    assert "Distillation: 1 epoch(s)" in (out / "report.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    weight = model.model.layers[0].mlp.down_proj.weight
+    assert float((weight == 0).float().mean()) == 0.5
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"distill_epochs": -1}, "--distill-epochs"),
+        ({"distill_epochs": 0.5}, "--distill-epochs"),
+        ({"distill_epochs": 1, "distill_lr": -1e-4}, "--distill-lr"),
+        ({"distill_epochs": 1, "distill_lr": float("inf")}, "--distill-lr"),
+    ],
+)
+def test_bad_distillation_settings_are_refused(options, message):
+    with pytest.raises(RecipeError, match=message):
+        Recipe("wanda", **options)
+
+
+@pytest.mark.bad_input
+def test_distillation_refuses_several_ranks(calibration):
+    model = tiny_model("llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(RecipeError, match="--workers 1"):
+        prune(model, Recipe("wanda", distill_epochs=1), calibration, device="cpu", reduce=lambda o: None)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # refused before any change
+
+
+@pytest.mark.bad_input
+def test_cli_refuses_distillation_with_offload(tiny_folder, tmp_path, capsys):
+    from secateurs.cli import main
+
+    out = tmp_path / "out"
+    args = ["prune", str(tiny_folder), "--method", "wanda", "--distill-epochs", "1", "--offload", "disk"]
+    assert main([*args, "--out", str(out), *FAST]) == 2
+    assert "--distill-epochs" in capsys.readouterr().err
+    assert not out.exists()
