@@ -19,20 +19,19 @@ from .patterns import NMPattern, parse_pattern
 DEFAULT_SPARSITY = 0.5
 
 
-def _check_ebft(epochs: object, lr: object, target: object) -> None:
+def _check_training(flag: str, epochs: object, lr: object, off: str, epochs_example: int, lr_example: str) -> None:
+    """The epochs and learning rate of a tuning stage (``--ebft-*``, ``--distill-*``): one-line errors naming
+    ``flag``'s options."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise RecipeError(f"--ebft-epochs {epochs!r} must be a whole number >= 0 (0: no tuning), e.g. 4")
+        raise RecipeError(f"{flag}-epochs {epochs!r} must be a whole number >= 0 (0: {off}), e.g. {epochs_example}")
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise RecipeError(f"--ebft-lr {lr!r} must be a positive learning rate, e.g. 1e-3")
+        raise RecipeError(f"{flag}-lr {lr!r} must be a positive learning rate, e.g. {lr_example}")
+
+
+def _check_ebft(epochs: object, lr: object, target: object) -> None:
+    _check_training("--ebft", epochs, lr, "no tuning", 4, "1e-3")
     if target not in TUNE_TARGETS:
         raise RecipeError(f"--ebft-target {target!r} is not known: choose {' or '.join(TUNE_TARGETS)}")
-
-
-def _check_distill(epochs: object, lr: object) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise RecipeError(f"--distill-epochs {epochs!r} must be a whole number >= 0 (0: no distillation), e.g. 1")
-    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise RecipeError(f"--distill-lr {lr!r} must be a positive learning rate, e.g. 1e-4")
 
 
 @dataclass
@@ -117,7 +116,7 @@ class Recipe:
         if not (isinstance(self.refine_threshold, (int, float)) and self.refine_threshold >= 0):
             raise RecipeError(f"refine threshold {self.refine_threshold!r} must be a number >= 0, e.g. 0.1")
         _check_ebft(self.ebft_epochs, self.ebft_lr, self.ebft_target)
-        _check_distill(self.distill_epochs, self.distill_lr)
+        _check_training("--distill", self.distill_epochs, self.distill_lr, "no distillation", 1, "1e-4")
         if nm is not None and self.blocksize % nm.m:
             raise RecipeError(
                 f"blocksize {self.blocksize} splits the groups of pattern {nm}: give a multiple of M={nm.m}, e.g. 128"
