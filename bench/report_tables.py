@@ -109,7 +109,10 @@ def target_lines(results: dict) -> list[str]:
         if value is None or limit is None:
             return
         verdict = "met" if value <= limit else "**not met**"
-        lines.append(f"- {label}: {value:.3g} against at most {limit:.3g}: {verdict}")
+        digits = 3
+        while f"{value:.{digits}g}" == f"{limit:.{digits}g}" and value != limit and digits < 8:
+            digits += 1  # a value that rounds to its limit shows the digits that decide the verdict
+        lines.append(f"- {label}: {value:.{digits}g} against at most {limit:.3g}: {verdict}")
 
     def get(name: str, key: str) -> float | None:
         return runs.get(name, {}).get(key)
