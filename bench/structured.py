@@ -62,6 +62,10 @@ CONFIGURATIONS: dict[str, dict] = {
     "mlp-25-ebft-model": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8, "ebft_target": "model"},
     "depth-3": {"method": "depth", "remove": 3},
     "depth-6": {"method": "depth", "remove": 6},
+    # the cut, then distillation: the smaller model's block weights tuned toward the dense model's predictions
+    # (Adam 1e-4, one window per step); depth distils on the search's 16 windows, hence 2 epochs
+    "mlp-25-distill": {"method": "width", "target": "mlp", "ratio": 0.25, "distill_epochs": 1},
+    "depth-6-distill": {"method": "depth", "remove": 6, "distill_epochs": 2},
 }
 REFIT_PAIRS = [
     ("mlp-10", "mlp-10-no-refit"),
@@ -72,6 +76,8 @@ REFIT_PAIRS = [
     ("mlp-25-ebft", "mlp-25-no-refit"),
     ("mlp-25-ebft-model", "mlp-25-no-refit"),
     ("heads-3-of-9-ebft", "heads-3-of-9-no-refit"),
+    ("mlp-25-distill", "mlp-25-no-refit"),
+    ("depth-6-distill", "depth-6"),  # depth has no least-squares re-fit: distillation is its reconstruction
 ]
 
 
@@ -118,6 +124,7 @@ def run_quality(name: str) -> dict:
             sizes=report.get("sizes"),
             mean_reconstruction_error=_mean([layer.get("reconstruction_error") for layer in report.get("layers", [])]),
             candidates=report.get("candidates"),
+            distill=report.get("distill") or None,
         )
     result["matmul_parameters"] = matmul_parameters(model)
     result["ideal_speedup"] = dense_matmul / result["matmul_parameters"]

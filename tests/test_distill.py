@@ -10,6 +10,7 @@ from tiny_models import tiny_model
 
 from secateurs import Recipe, prune
 from secateurs.errors import RecipeError
+from secateurs.recipe import StructuredRecipe
 
 FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
 
@@ -59,6 +60,42 @@ def test_distillation_follows_ebft(calibration):
     assert _kl_to(dense, both, calibration) < _kl_to(dense, tuned, calibration)
 
 
+def _sharp_llama() -> torch.nn.Module:
+    """The tiny Llama with its weight matrices 8x larger (std 0.16, about 1/sqrt(hidden) as a trained model's):
+    at the config's 0.02 a cut barely moves its near-uniform predictions (KL ~1e-5), below Adam's step noise."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(8)
+    return model
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "width", "target": "mlp", "ratio": 0.5, "multiple": 8},
+        {"method": "width", "target": "heads", "ratio": 0.5},
+        {"method": "depth", "remove": 1},
+    ],
+)
+def test_distillation_heals_a_structured_cut(options, calibration):
+    """After a width or depth cut nothing is zero by design: every weight matrix of the smaller blocks is
+    tuned (embeddings, norms and the head are not), and the predictions move toward the dense model's."""
+    dense, cut, healed = _sharp_llama(), _sharp_llama(), _sharp_llama()
+    prune(cut, StructuredRecipe(**options), calibration, device="cpu", progress=False)
+    recipe = StructuredRecipe(**options, distill_epochs=3, distill_lr=1e-3)
+    report = prune(healed, recipe, calibration, device="cpu", progress=False)
+
+    assert report["after"]["parameters"] == sum(p.numel() for p in healed.parameters())
+    assert report["recipe"]["distill_epochs"] == 3 and len(report["distill"]["epoch_losses"]) == 3
+    assert report["prune_seconds"] >= report["distill"]["seconds"]
+    for (name, weight), (_, before) in zip(healed.named_parameters(), cut.named_parameters(), strict=True):
+        tuned = name.startswith("model.layers.") and weight.dim() == 2
+        assert torch.equal(weight, before) != tuned, name
+    assert _kl_to(dense, healed, calibration) < 0.75 * _kl_to(dense, cut, calibration)
+
+
 def test_cli_writes_a_distilled_model_that_reloads(tiny_folder, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -73,6 +110,21 @@ def test_cli_writes_a_distilled_model_that_reloads(tiny_folder, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     weight = model.model.layers[0].mlp.down_proj.weight
     assert float((weight == 0).float().mean()) == 0.5
+
+
+def test_cli_distils_a_width_cut_and_the_smaller_model_reloads(tiny_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from secateurs.cli import main
+
+    out = tmp_path / "out"
+    cut = ["--method", "width", "--target", "mlp", "--ratio", "0.5", "--multiple", "8"]
+    assert main(["prune", str(tiny_folder), *cut, "--distill-epochs", "1", "--out", str(out), *FAST]) == 0
+    report = json.loads((out / "secateurs.json").read_text())
+    assert report["recipe"]["distill_epochs"] == 1 and len(report["distill"]["epoch_losses"]) == 1
+    assert "Distillation: 1 epoch(s)" in (out / "report.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == report["sizes"]["intermediate"] < report["sizes"]["intermediate_before"]
 
 
 @pytest.mark.bad_input

@@ -19,7 +19,7 @@ from . import data as data_module
 from . import distributed
 from .checkpoint import WalkState, fingerprint, has_state, source_identity, state_folder
 from .distill import distill
-from .ebft import TuneSettings, tune_block, tune_report
+from .ebft import TuneSettings, kept_masks, tune_block, tune_report
 from .engine import BlockStore, fix_mmap_threshold, walk
 from .errors import CalibrationError, NumericalError, OutputError, RecipeError, ResumeError
 from .evaluate import perplexity
@@ -45,9 +45,10 @@ def _check_finite_weights(model: nn.Module, targets: list[Target]) -> None:
             raise NumericalError(f"the model's weight {target.name} holds NaN or Inf: the checkpoint is damaged")
 
 
-def _all_targets(model: nn.Module, recipe: Recipe) -> list[Target]:
+def _all_targets(model: nn.Module, recipe: Recipe | None = None) -> list[Target]:
     name, blocks = find_blocks(model)
-    return [t for i, block in enumerate(blocks) for t in find_targets(block, f"{name}.{i}", recipe.ignore)]
+    ignore = recipe.ignore if recipe is not None else []
+    return [t for i, block in enumerate(blocks) for t in find_targets(block, f"{name}.{i}", ignore)]
 
 
 def prune(
@@ -188,16 +189,8 @@ def prune(
                 store.release(index, block)
     distilled: dict[str, Any] = {}
     if teacher is not None:
-        settings = TuneSettings(recipe.distill_epochs, recipe.distill_lr)
-        began = time.perf_counter()
-        losses = distill(model, teacher, targets, calibration, settings, device, progress)
+        distilled = _distill(model, teacher, kept_masks(targets), calibration, recipe, device, progress)
         del teacher
-        distilled = {
-            "epochs": settings.epochs,
-            "lr": settings.lr,
-            "epoch_losses": [round(loss, 6) for loss in losses],
-            "seconds": round(time.perf_counter() - began, 3),
-        }
     seconds = time.perf_counter() - start
     total = sum(layer["shape"][0] * layer["shape"][1] for layer in layers)
     zeros = sum(layer["sparsity"] * layer["shape"][0] * layer["shape"][1] for layer in layers)
@@ -217,6 +210,27 @@ def prune(
     }
 
 
+def _distill(
+    model: nn.Module,
+    teacher: nn.Module,
+    masks: dict[nn.Parameter, torch.Tensor],
+    calibration: torch.Tensor,
+    recipe: Recipe | StructuredRecipe,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """The distillation after pruning (``secateurs.distill``) and the report's ``distill``."""
+    settings = TuneSettings(recipe.distill_epochs, recipe.distill_lr)
+    began = time.perf_counter()
+    losses = distill(model, teacher, masks, calibration, settings, device, progress)
+    return {
+        "epochs": settings.epochs,
+        "lr": settings.lr,
+        "epoch_losses": [round(loss, 6) for loss in losses],
+        "seconds": round(time.perf_counter() - began, 3),
+    }
+
+
 def _prune_structured(
     model: nn.Module,
     recipe: StructuredRecipe,
@@ -227,12 +241,21 @@ def _prune_structured(
 ) -> dict[str, Any]:
     if calibration is None:
         raise CalibrationError(f"{recipe.method} pruning scores with calibration activations: give calibration data")
+    teacher = copy.deepcopy(model) if recipe.distill_epochs else None  # the dense model, before the cut
     report = prune_structured(model, recipe, calibration, device=device, batch_size=batch_size, progress=progress)
+    distilled: dict[str, Any] = {}
+    if teacher is not None:
+        # nothing is zero by design after a cut: every weight matrix of the smaller blocks is tuned
+        masks = {t.parameter: torch.ones_like(t.parameter, dtype=torch.bool) for t in _all_targets(model)}
+        distilled = _distill(model, teacher, masks, calibration, recipe, device, progress)
+        del teacher
+        report["prune_seconds"] = round(report["prune_seconds"] + distilled["seconds"], 3)
     return {
         "recipe": recipe.to_dict(),
         "device": str(device),
         "calibration": list(calibration.shape),
         **report,
+        "distill": distilled,
         "peak_rss_mib": peak_rss_mib(),
         "peak_cuda_mib": peak_cuda_mib(),
     }

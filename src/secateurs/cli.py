@@ -67,6 +67,8 @@ def _recipe(args: argparse.Namespace) -> object:
             ebft_epochs=args.ebft_epochs,
             ebft_lr=args.ebft_lr,
             ebft_target=args.ebft_target,
+            distill_epochs=args.distill_epochs,
+            distill_lr=args.distill_lr,
         )
     return Recipe(
         args.method,

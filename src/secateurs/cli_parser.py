@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="epochs of Adam over the calibration windows after the walk: the whole pruned model's kept weights are "
-        "fitted to the dense model's next-token distributions (0: off, the default; 1 is a good start). Keeps a "
-        "dense copy of the model beside the pruned one",
+        "fitted to the dense model's next-token distributions (0: off, the default; 1 is a good start). With "
+        "--method width or depth, every weight of the smaller model's blocks is. Keeps a dense copy of the model "
+        "beside the pruned one",
     )
     distillation.add_argument(
         "--distill-lr", type=float, default=1e-4, help="the distillation's Adam learning rate (default 1e-4)"

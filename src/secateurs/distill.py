@@ -1,6 +1,9 @@
 """Distillation after pruning: the pruned model's kept weights are tuned, the whole model at once, so that its
 next-token distributions on the calibration windows match the dense model's (the KL divergence of Hinton et al.
-2015, "Distilling the Knowledge in a Neural Network"). Every pruned weight stays zero.
+2015, "Distilling the Knowledge in a Neural Network"). Every pruned weight stays zero. After a structured cut
+(width or depth) the smaller model's whole weight matrices are tuned: the "healing" of layer and channel
+removal that LLM-Pruner and Gromov et al. 2024 follow their cuts with (there by fine-tuning on text), here
+toward the dense model's predictions.
 
 It runs after the block walk (and after EBFT, when both are asked): where EBFT fits each block's output, this
 fits what the model is for, its predictions, through every block together. The dense model is a copy kept
@@ -15,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .ebft import MaskedAdam, TuneSettings, kept_masks
-from .models.discover import Target
+from .ebft import MaskedAdam, TuneSettings
 
 # Adam's step, constant: on SmolLM2 after SparseGPT 50%, one epoch at 1e-4 took WikiText-2 perplexity from
 # 44.76 to 34.47 (protocol Q-CPU; a second epoch, 34.46, only fitted the calibration windows closer); a whole
@@ -27,22 +29,24 @@ DEFAULT_LR = 1e-4
 def distill(
     model: nn.Module,
     teacher: nn.Module,
-    targets: list[Target],
+    masks: dict[nn.Parameter, torch.Tensor],
     windows: torch.Tensor,
     settings: TuneSettings,
     device: torch.device,
     progress: bool = True,
 ) -> list[float]:
-    """Tune the kept weights of ``targets`` (in ``model``) to minimise KL(teacher || model) of the next-token
-    distributions over every token of ``windows`` [n, seqlen], one window per Adam step (``settings``); returns
-    each epoch's mean loss (nats per token). Both models go to ``device`` for the run and come back to the CPU."""
+    """Tune the parameters of ``masks`` (in ``model``; where a mask is True: ``secateurs.ebft.kept_masks`` for a
+    sparse model, all of it for a structured one) to minimise KL(teacher || model) of the next-token distributions
+    over every token of ``windows`` [n, seqlen], one window per Adam step (``settings``); returns each epoch's
+    mean loss (nats per token). Both models go to ``device`` for the run and come back to the CPU. The teacher
+    may differ from the model in shape (a structured cut): only their logits meet."""
     model.to(device)
     teacher.to(device)
     generator = torch.Generator().manual_seed(settings.seed)
     losses: list[float] = []
     bar = tqdm(total=settings.epochs * len(windows), desc="distilling", unit="window", disable=not progress)
     try:
-        with torch.enable_grad(), MaskedAdam(model, kept_masks(targets), settings.lr) as adam:
+        with torch.enable_grad(), MaskedAdam(model, masks, settings.lr) as adam:
             for _ in range(settings.epochs):
                 total = 0.0
                 for step, j in enumerate(torch.randperm(len(windows), generator=generator).tolist(), 1):

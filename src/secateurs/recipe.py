@@ -200,7 +200,8 @@ class StructuredRecipe:
     and, with ``reconstruct``, the next projection re-fitted by least squares; ``ebft_epochs`` > 0 then tunes
     the cut block's weights toward the dense block's output (or, ``ebft_target="model"``, the dense model's
     activation after the block; ``secateurs.ebft``). ``depth``: remove ``remove``
-    decoder blocks (or ``ratio`` of them), chosen by ``score``.
+    decoder blocks (or ``ratio`` of them), chosen by ``score``. Either way, ``distill_epochs`` > 0 then tunes
+    the smaller model's block weights toward the dense model's predictions (``secateurs.distill``).
     """
 
     method: str = "width"
@@ -216,9 +217,12 @@ class StructuredRecipe:
     ebft_epochs: int = 0
     ebft_lr: float = EBFT_LR
     ebft_target: str = "block"
+    distill_epochs: int = 0
+    distill_lr: float = DISTILL_LR
 
     def __post_init__(self) -> None:
         _check_ebft(self.ebft_epochs, self.ebft_lr, self.ebft_target)
+        _check_training("--distill", self.distill_epochs, self.distill_lr, "no distillation", 1, "1e-4")
         if self.method not in STRUCTURED_METHODS:
             raise RecipeError(f"structured method {self.method!r} is not known: choose width or depth")
         if self.ratio is not None:
