@@ -66,6 +66,8 @@ CONFIGURATIONS: dict[str, dict] = {
     # (Adam 1e-4, one window per step); depth distils on the search's 16 windows, hence 2 epochs
     "mlp-25-distill": {"method": "width", "target": "mlp", "ratio": 0.25, "distill_epochs": 1},
     "depth-6-distill": {"method": "depth", "remove": 6, "distill_epochs": 2},
+    "depth-3-distill": {"method": "depth", "remove": 3, "distill_epochs": 2},
+    "heads-3-of-9-distill": {"method": "width", "target": "heads", "ratio": 1 / 3, "distill_epochs": 1},
 }
 REFIT_PAIRS = [
     ("mlp-10", "mlp-10-no-refit"),
@@ -77,7 +79,9 @@ REFIT_PAIRS = [
     ("mlp-25-ebft-model", "mlp-25-no-refit"),
     ("heads-3-of-9-ebft", "heads-3-of-9-no-refit"),
     ("mlp-25-distill", "mlp-25-no-refit"),
-    ("depth-6-distill", "depth-6"),  # depth has no least-squares re-fit: distillation is its reconstruction
+    ("heads-3-of-9-distill", "heads-3-of-9-no-refit"),
+    ("depth-3-distill", "depth-3"),  # depth has no least-squares re-fit: distillation is its reconstruction
+    ("depth-6-distill", "depth-6"),
 ]
 
 

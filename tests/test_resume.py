@@ -54,6 +54,8 @@ RECIPES = {
     "sparsegpt-ebft": ["--method", "sparsegpt", "--ebft-epochs", "2"],
     # the dense stream is saved beside the pruned one and restored with it
     "wanda-ebft-model": ["--method", "wanda", "--ebft-epochs", "2", "--ebft-target", "model"],
+    # the teacher is the source model as loaded, whatever blocks the walk restores; the distillation restarts
+    "sparsegpt-distill": ["--method", "sparsegpt", "--distill-epochs", "1"],
 }
 
 
