@@ -68,6 +68,8 @@ pytestmark = pytest.mark.bad_input
         (["--method", "depth", "--remove", "2"], "leaves none"),
         (["--update", "obs-seq", "--method", "sparsegpt"], "drop --update"),
         (["--allocation", "schedule"], "--schedule"),
+        (["--method", "depth", "--remove", "1", "--ebft-epochs", "2"], "--ebft-epochs"),
+        (["--distill-epochs", "1", "--offload", "disk"], "--distill-epochs"),
     ],
 )
 def test_bad_recipe(model_copy, tmp_path, capsys, args, match):

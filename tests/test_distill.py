@@ -149,14 +149,3 @@ def test_distillation_refuses_several_ranks(calibration):
     with pytest.raises(RecipeError, match="--workers 1"):
         prune(model, Recipe("wanda", distill_epochs=1), calibration, device="cpu", reduce=lambda o: None)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # refused before any change
-
-
-@pytest.mark.bad_input
-def test_cli_refuses_distillation_with_offload(tiny_folder, tmp_path, capsys):
-    from secateurs.cli import main
-
-    out = tmp_path / "out"
-    args = ["prune", str(tiny_folder), "--method", "wanda", "--distill-epochs", "1", "--offload", "disk"]
-    assert main([*args, "--out", str(out), *FAST]) == 2
-    assert "--distill-epochs" in capsys.readouterr().err
-    assert not out.exists()

@@ -229,17 +229,6 @@ def test_ebft_refuses_several_ranks(calibration):
         prune(tiny_model("llama"), Recipe("wanda", ebft_epochs=2), calibration, device="cpu", reduce=lambda o: None)
 
 
-@pytest.mark.bad_input
-def test_cli_refuses_ebft_with_depth_pruning(tiny_folder, tmp_path, capsys):
-    from secateurs.cli import main
-
-    out = tmp_path / "out"
-    args = ["prune", str(tiny_folder), "--method", "depth", "--remove", "1", "--ebft-epochs", "2"]
-    assert main([*args, "--out", str(out), *FAST]) == 2
-    assert "--ebft-epochs" in capsys.readouterr().err
-    assert not out.exists()
-
-
 @pytest.mark.parametrize("target", ["mlp", "heads"])
 def test_ebft_after_a_width_cut_moves_the_smaller_model_toward_the_dense_one(target, calibration, tmp_path):
     from transformers import AutoModelForCausalLM

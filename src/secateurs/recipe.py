@@ -28,10 +28,12 @@ def _check_training(flag: str, epochs: object, lr: object, off: str, epochs_exam
         raise RecipeError(f"{flag}-lr {lr!r} must be a positive learning rate, e.g. {lr_example}")
 
 
-def _check_ebft(epochs: object, lr: object, target: object) -> None:
-    _check_training("--ebft", epochs, lr, "no tuning", 4, "1e-3")
-    if target not in TUNE_TARGETS:
-        raise RecipeError(f"--ebft-target {target!r} is not known: choose {' or '.join(TUNE_TARGETS)}")
+def _check_tuning(recipe: Recipe | StructuredRecipe) -> None:
+    """The settings both recipes share: EBFT's and the distillation's."""
+    _check_training("--ebft", recipe.ebft_epochs, recipe.ebft_lr, "no tuning", 4, "1e-3")
+    if recipe.ebft_target not in TUNE_TARGETS:
+        raise RecipeError(f"--ebft-target {recipe.ebft_target!r} is not known: choose {' or '.join(TUNE_TARGETS)}")
+    _check_training("--distill", recipe.distill_epochs, recipe.distill_lr, "no distillation", 1, "1e-4")
 
 
 @dataclass
@@ -115,8 +117,7 @@ class Recipe:
                 )
         if not (isinstance(self.refine_threshold, (int, float)) and self.refine_threshold >= 0):
             raise RecipeError(f"refine threshold {self.refine_threshold!r} must be a number >= 0, e.g. 0.1")
-        _check_ebft(self.ebft_epochs, self.ebft_lr, self.ebft_target)
-        _check_training("--distill", self.distill_epochs, self.distill_lr, "no distillation", 1, "1e-4")
+        _check_tuning(self)
         if nm is not None and self.blocksize % nm.m:
             raise RecipeError(
                 f"blocksize {self.blocksize} splits the groups of pattern {nm}: give a multiple of M={nm.m}, e.g. 128"
@@ -221,8 +222,7 @@ class StructuredRecipe:
     distill_lr: float = DISTILL_LR
 
     def __post_init__(self) -> None:
-        _check_ebft(self.ebft_epochs, self.ebft_lr, self.ebft_target)
-        _check_training("--distill", self.distill_epochs, self.distill_lr, "no distillation", 1, "1e-4")
+        _check_tuning(self)
         if self.method not in STRUCTURED_METHODS:
             raise RecipeError(f"structured method {self.method!r} is not known: choose width or depth")
         if self.ratio is not None:
