@@ -10,7 +10,8 @@
 Quality: every configuration prunes in a fresh process from the float32 folder that bench/q_cpu.py prepares
 (the same 128 x 512 C4 calibration windows) and is evaluated on the first 32 WikiText-2 windows of 2048. The
 depth search (every run of K consecutive layers scored by calibration perplexity) uses the first 16 of the
-windows: it runs the model's tail once per candidate and window. Each pruned model is saved (float32) for the
+windows (``search_windows``): it runs the model's tail once per candidate and window; a distillation after the
+cut learns from all 128. Each pruned model is saved (float32) for the
 speed step. Speed: one process runs protocol S (prefill 8 x 512, decode 128 tokens at batch 1, median of 5
 after a warm-up, timed in rounds over the models) on dense and every pruned folder, float32 on the CPU, each as
 a ratio to dense.
@@ -60,13 +61,13 @@ CONFIGURATIONS: dict[str, dict] = {
     "mlp-25-ebft": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8},
     "heads-3-of-9-ebft": {"method": "width", "target": "heads", "ratio": 1 / 3, "ebft_epochs": 8},
     "mlp-25-ebft-model": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8, "ebft_target": "model"},
-    "depth-3": {"method": "depth", "remove": 3},
-    "depth-6": {"method": "depth", "remove": 6},
+    "depth-3": {"method": "depth", "remove": 3, "search_windows": DEPTH_WINDOWS},
+    "depth-6": {"method": "depth", "remove": 6, "search_windows": DEPTH_WINDOWS},
     # the cut, then distillation: the smaller model's block weights tuned toward the dense model's predictions
-    # (Adam 1e-4, one window per step); depth distils on the search's 16 windows, hence 2 epochs
+    # (Adam 1e-4, one window per step, every calibration window)
     "mlp-25-distill": {"method": "width", "target": "mlp", "ratio": 0.25, "distill_epochs": 1},
-    "depth-6-distill": {"method": "depth", "remove": 6, "distill_epochs": 2},
-    "depth-3-distill": {"method": "depth", "remove": 3, "distill_epochs": 2},
+    "depth-6-distill": {"method": "depth", "remove": 6, "search_windows": DEPTH_WINDOWS, "distill_epochs": 1},
+    "depth-3-distill": {"method": "depth", "remove": 3, "search_windows": DEPTH_WINDOWS, "distill_epochs": 1},
     "heads-3-of-9-distill": {"method": "width", "target": "heads", "ratio": 1 / 3, "distill_epochs": 1},
 }
 REFIT_PAIRS = [
@@ -115,12 +116,11 @@ def run_quality(name: str) -> dict:
     if name != "dense":
         calibration = load_file(str(CALIB))["input_ids"]
         recipe = StructuredRecipe(**CONFIGURATIONS[name])
-        if recipe.method == "depth":
-            calibration = calibration[:DEPTH_WINDOWS]
         report = prune(model, recipe, calibration, device="cpu", progress=False)
         result.update(
             recipe=recipe.to_dict(),
             calibration_windows=int(calibration.shape[0]),
+            search_windows=report.get("search_windows"),
             prune_s=report["prune_seconds"],
             parameters_before=report["before"]["parameters"],
             parameters_after=report["after"]["parameters"],

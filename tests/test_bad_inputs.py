@@ -70,6 +70,9 @@ pytestmark = pytest.mark.bad_input
         (["--allocation", "schedule"], "--schedule"),
         (["--method", "depth", "--remove", "1", "--ebft-epochs", "2"], "--ebft-epochs"),
         (["--distill-epochs", "1", "--offload", "disk"], "--distill-epochs"),
+        (["--method", "depth", "--remove", "1", "--search-windows", "0"], "--search-windows"),
+        (["--method", "wanda", "--remove", "1", "--search-windows", "4"], "--remove, --search-windows go with"),
+        (["--method", "magnitude", "--no-reconstruct"], "--no-reconstruct go with"),
     ],
 )
 def test_bad_recipe(model_copy, tmp_path, capsys, args, match):

@@ -65,3 +65,14 @@ def test_reconstruction_error_is_rendered_when_present(tmp_path):
         _opens_as_png(tmp_path / name)
     assert "| # | layer | shape | sparsity | reconstruction error | note |" in markdown
     assert "| 5 | model.layers.2.mlp.down_proj | 8 x 8 | 0.5 | 0.6 |  |" in markdown
+
+
+def test_depth_candidates_say_what_scored_them(tmp_path):
+    candidates = [{"layers": [i, i + 1], "perplexity": 20.0 + i} for i in range(3)]
+    report = {"recipe": {"method": "depth", "remove": 2}, "removed_layers": [0, 1], "candidates": candidates}
+    write_markdown_report({**report, "search_windows": 16}, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Depth candidates (perplexity on 16 calibration windows)" in markdown
+    assert "| removed layers | 0, 1 |" in markdown and "| 1, 2 | 21 |" in markdown  # indices, not a shape
+    write_markdown_report(report, tmp_path)  # a report from before search_windows: the score's name alone
+    assert "## Depth candidates (perplexity)" in (tmp_path / "report.md").read_text()

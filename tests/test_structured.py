@@ -132,6 +132,21 @@ def test_perplexity_picks_the_run_that_hurts_least(calibration):
     assert report["removed_layers"] == [scores.index(min(scores))]
 
 
+def test_search_windows_limit_the_search_and_not_the_distillation(calibration):
+    """The depth search scores candidates on the first N windows, as if given only those; a distillation after
+    the cut still learns from every window."""
+    runs = {}
+    for name, windows, search in (("limited", calibration, 2), ("first-two", calibration[:2], None)):
+        model = tiny_model("llama")
+        recipe = StructuredRecipe("depth", remove=1, search_windows=search, distill_epochs=1)
+        runs[name] = (prune(model, recipe, windows, progress=False), model)
+    (limited, model), (first_two, model_first_two) = runs["limited"], runs["first-two"]
+    assert limited["search_windows"] == first_two["search_windows"] == 2
+    assert limited["candidates"] == first_two["candidates"] and limited["removed_layers"] == first_two["removed_layers"]
+    tuned, tuned_on_two = (m.model.layers[0].mlp.down_proj.weight for m in (model, model_first_two))
+    assert len(calibration) > 2 and not torch.equal(tuned, tuned_on_two)
+
+
 @pytest.mark.parametrize(
     "recipe",
     [
@@ -169,6 +184,8 @@ def test_refit_beats_plain_removal_on_a_model(calibration):
         (dict(method="depth"), "--remove"),
         (dict(method="depth", remove=2, ratio=0.5), "exactly one"),
         (dict(method="width", target="rows", ratio=0.2), "mlp or heads"),
+        (dict(method="depth", remove=1, search_windows=0), "positive whole number"),
+        (dict(method="width", target="mlp", ratio=0.2, search_windows=4), "--method depth"),
     ],
 )
 def test_bad_recipes(recipe, match):

@@ -50,6 +50,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> object:
+    from .errors import RecipeError
     from .recipe import STRUCTURED_METHODS, Recipe, StructuredRecipe
 
     if args.method in STRUCTURED_METHODS:
@@ -69,7 +70,11 @@ def _recipe(args: argparse.Namespace) -> object:
             ebft_target=args.ebft_target,
             distill_epochs=args.distill_epochs,
             distill_lr=args.distill_lr,
+            search_windows=args.search_windows,
         )
+    given = [flag for dest, flag, default in args.structured_only if getattr(args, dest) != default]
+    if given:
+        raise RecipeError(f"{', '.join(given)} go with --method width or depth, not {args.method}: drop them")
     return Recipe(
         args.method,
         args.sparsity,

@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     structured.add_argument("--ratio", type=float, default=None, help="fraction of channels, heads or layers removed")
     structured.add_argument("--remove", type=int, default=None, help="depth: number of decoder layers removed")
     structured.add_argument(
+        "--search-windows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="depth: score the candidates on the first N calibration windows only (default all; the perplexity "
+        "search runs the model's tail once per candidate and window); a distillation after it uses them all",
+    )
+    structured.add_argument(
         "--multiple", type=int, default=64, help="width mlp: kept channels rounded to a multiple of this (default 64)"
     )
     structured.add_argument(
@@ -185,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="queries",
         choices=["queries", "kv-groups"],
         help="width heads: the same number of query heads removed in every KV group, or whole KV groups",
+    )
+    # what a sparse method would ignore: the CLI refuses these flags with one (secateurs.cli)
+    prune.set_defaults(
+        structured_only=tuple((a.dest, a.option_strings[0], a.default) for a in structured._group_actions)
     )
 
     prune.add_argument(

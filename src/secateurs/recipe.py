@@ -200,9 +200,11 @@ class StructuredRecipe:
     the same number of query heads in every KV group, ``kv-groups`` removes whole groups), scored by ``score``
     and, with ``reconstruct``, the next projection re-fitted by least squares; ``ebft_epochs`` > 0 then tunes
     the cut block's weights toward the dense block's output (or, ``ebft_target="model"``, the dense model's
-    activation after the block; ``secateurs.ebft``). ``depth``: remove ``remove``
-    decoder blocks (or ``ratio`` of them), chosen by ``score``. Either way, ``distill_epochs`` > 0 then tunes
-    the smaller model's block weights toward the dense model's predictions (``secateurs.distill``).
+    activation after the block; ``secateurs.ebft``). ``depth``: remove ``remove`` decoder blocks (or ``ratio``
+    of them), chosen by ``score`` on the first ``search_windows`` calibration windows (all by default: the
+    perplexity search runs the model's tail once per candidate and window). Either way, ``distill_epochs`` > 0
+    then tunes the smaller model's block weights toward the dense model's predictions (``secateurs.distill``),
+    on every calibration window.
     """
 
     method: str = "width"
@@ -220,6 +222,7 @@ class StructuredRecipe:
     ebft_target: str = "block"
     distill_epochs: int = 0
     distill_lr: float = DISTILL_LR
+    search_windows: int | None = None
 
     def __post_init__(self) -> None:
         _check_tuning(self)
@@ -237,6 +240,8 @@ class StructuredRecipe:
                 raise RecipeError("width pruning needs --ratio, the fraction of channels or heads to remove")
             if self.remove is not None:
                 raise RecipeError("--remove counts decoder layers: it goes with --method depth")
+            if self.search_windows is not None:
+                raise RecipeError("--search-windows limits the depth search: it goes with --method depth")
             self.score = self.score or "fluctuation"
             if self.score not in WIDTH_SCORES:
                 raise RecipeError(f"score {self.score!r} is not a width score: choose {', '.join(WIDTH_SCORES)}")
@@ -257,6 +262,12 @@ class StructuredRecipe:
                 isinstance(self.remove, bool) or not isinstance(self.remove, int) or self.remove < 0
             ):
                 raise RecipeError(f"--remove {self.remove!r} must be a whole number of layers, e.g. 3")
+            if self.search_windows is not None and (
+                isinstance(self.search_windows, bool)
+                or not isinstance(self.search_windows, int)
+                or self.search_windows < 1
+            ):
+                raise RecipeError(f"--search-windows {self.search_windows!r} must be a positive whole number, e.g. 16")
             self.score = self.score or "perplexity"
             if self.score not in DEPTH_SCORES:
                 raise RecipeError(f"score {self.score!r} is not a depth score: choose {', '.join(DEPTH_SCORES)}")

@@ -120,7 +120,7 @@ def _summary(report: dict[str, Any]) -> list[str]:
         ("parameters before", (report.get("before") or {}).get("parameters")),
         ("parameters after", (report.get("after") or {}).get("parameters")),
         ("fraction of parameters removed", report.get("parameters_removed")),
-        ("removed layers", report.get("removed_layers")),
+        ("removed layers", _layer_list(report.get("removed_layers"))),
         ("weight file bytes", report.get("weight_file_bytes")),
         ("dtype", report.get("dtype")),
         ("device", report.get("device")),
@@ -200,13 +200,20 @@ def _structured_layers(layers: list[dict[str, Any]], folder: Path) -> tuple[list
     return lines, plots
 
 
+def _layer_list(layers: list[int] | None) -> str | None:
+    """Layer indices with commas: a list of whole numbers would otherwise read as a shape (16 x 17 x 18)."""
+    return None if layers is None else ", ".join(str(index) for index in layers) or "none"
+
+
 def _depth_candidates(report: dict[str, Any]) -> list[str]:
     candidates = report.get("candidates") or []
     if not candidates:
         return []
     score = next(key for key in candidates[0] if key != "layers")
-    rows = [[candidate["layers"], candidate[score]] for candidate in candidates]
-    return [f"## Depth candidates ({score})", markdown_table(["layers removed", score], rows)]
+    rows = [[_layer_list(candidate["layers"]), candidate[score]] for candidate in candidates]
+    windows = report.get("search_windows")
+    scored = f"{score} on {windows} calibration windows" if windows else score
+    return [f"## Depth candidates ({scored})", markdown_table(["layers removed", score], rows)]
 
 
 def _layers(report: dict[str, Any], folder: Path) -> tuple[list[str], list[Path]]:

@@ -83,6 +83,7 @@ def _prune_depth(
     remove = recipe.layers_to_remove(len(blocks))
     if remove == 0:
         return {"removed_layers": [], "candidates": []}
+    calibration = calibration[: recipe.search_windows]  # the distillation after the cut still gets every window
     if recipe.score == "perplexity":
         scores = depth.consecutive_run_perplexities(model, blocks, calibration, remove, device, progress)
         best = min(range(len(scores)), key=scores.__getitem__)
@@ -94,7 +95,12 @@ def _prune_depth(
         candidates = [{"layers": [i], "block_influence": s} for i, s in enumerate(scores)]
     model.to("cpu")
     kept = depth.remove_blocks(model, blocks_name, removed)
-    return {"removed_layers": removed, "kept_layers": kept, "candidates": candidates}
+    return {
+        "removed_layers": removed,
+        "kept_layers": kept,
+        "search_windows": int(calibration.shape[0]),
+        "candidates": candidates,
+    }
 
 
 def _prune_width(
