@@ -19,10 +19,15 @@ from .patterns import NMPattern, parse_pattern
 DEFAULT_SPARSITY = 0.5
 
 
+def _whole(value: object, least: int) -> bool:
+    """A whole number (an int, not a bool, which Python counts as one) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _check_training(flag: str, epochs: object, lr: object, off: str, epochs_example: int, lr_example: str) -> None:
     """The epochs and learning rate of a tuning stage (``--ebft-*``, ``--distill-*``): one-line errors naming
     ``flag``'s options."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+    if not _whole(epochs, 0):
         raise RecipeError(f"{flag}-epochs {epochs!r} must be a whole number >= 0 (0: {off}), e.g. {epochs_example}")
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise RecipeError(f"{flag}-lr {lr!r} must be a positive learning rate, e.g. {lr_example}")
@@ -100,7 +105,7 @@ class Recipe:
                     f"--update applies to a score method's mask (magnitude, wanda); {self.method} already "
                     "updates its weights: drop --update"
                 )
-        if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
+        if not _whole(self.blocksize, 1):
             raise RecipeError(f"blocksize {self.blocksize!r} must be a positive whole number of columns, e.g. 128")
         if not (isinstance(self.dampening, (int, float)) and math.isfinite(self.dampening) and self.dampening > 0):
             raise RecipeError(f"dampening {self.dampening!r} must be a positive fraction of mean(diag H), e.g. 0.01")
@@ -245,7 +250,7 @@ class StructuredRecipe:
             self.score = self.score or "fluctuation"
             if self.score not in WIDTH_SCORES:
                 raise RecipeError(f"score {self.score!r} is not a width score: choose {', '.join(WIDTH_SCORES)}")
-            if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
+            if not _whole(self.multiple, 1):
                 raise RecipeError(f"multiple {self.multiple!r} must be a positive whole number, e.g. 64")
             if self.head_grouping not in HEAD_GROUPINGS:
                 raise RecipeError(f"head grouping {self.head_grouping!r}: choose {', '.join(HEAD_GROUPINGS)}")
@@ -258,15 +263,9 @@ class StructuredRecipe:
         else:
             if (self.remove is None) == (self.ratio is None):
                 raise RecipeError("depth pruning needs exactly one of --remove K (layers) or --ratio")
-            if self.remove is not None and (
-                isinstance(self.remove, bool) or not isinstance(self.remove, int) or self.remove < 0
-            ):
+            if self.remove is not None and not _whole(self.remove, 0):
                 raise RecipeError(f"--remove {self.remove!r} must be a whole number of layers, e.g. 3")
-            if self.search_windows is not None and (
-                isinstance(self.search_windows, bool)
-                or not isinstance(self.search_windows, int)
-                or self.search_windows < 1
-            ):
+            if self.search_windows is not None and not _whole(self.search_windows, 1):
                 raise RecipeError(f"--search-windows {self.search_windows!r} must be a positive whole number, e.g. 16")
             self.score = self.score or "perplexity"
             if self.score not in DEPTH_SCORES:
