@@ -1,5 +1,5 @@
 """What every bench script shares: its results file, written atomically with the machine and versions, and
-its block of the README, between two markers, rewritten from that file."""
+its block of docs/benchmarks.md (or the README's summary), between two markers, rewritten from that file."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def write_results(path: Path, results: dict, **facts: object) -> None:
@@ -38,19 +39,36 @@ def read_results(path: Path, *, adding: bool) -> dict:
     return results
 
 
-def replace_readme_block(begin: str, end: str, body: str) -> bool:
-    """Put ``body`` between the ``begin`` and ``end`` marker lines of the README (the end marker is added the
-    first time); False when the README has no ``begin`` marker."""
-    text = README.read_text()
+def with_block(text: str, begin: str, end: str, body: str) -> str | None:
+    """``text`` with ``body`` between the ``begin`` and ``end`` marker lines (the end marker is added the first
+    time); None when ``text`` has no ``begin`` marker."""
     block = f"{begin}\n{body}\n{end}"
     if end in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    elif begin in text:
-        text = text.replace(begin, block)
-    else:
+        return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    if begin in text:
+        return text.replace(begin, block)
+    return None
+
+
+def _linked_from(path: Path, body: str) -> str:
+    """Links to bench/ written relative to the page: docs/ pages reach it through ``../``."""
+    return body if path.parent == ROOT else body.replace("](bench/", "](../bench/")
+
+
+def replace_readme_block(begin: str, end: str, body: str, path: Path = DOC) -> bool:
+    """Put ``body`` between the markers in ``path`` (docs/benchmarks.md unless named); False when ``path`` has
+    no ``begin`` marker."""
+    text = with_block(path.read_text(), begin, end, _linked_from(path, body))
+    if text is None:
         return False
-    README.write_text(text)
+    path.write_text(text)
     return True
+
+
+def block_is_current(begin: str, end: str, body: str, path: Path = DOC) -> bool:
+    """Whether ``path`` already holds ``body`` between the markers (what ``replace_readme_block`` would write)."""
+    text = path.read_text()
+    return with_block(text, begin, end, _linked_from(path, body)) == text
 
 
 def version_notes(results: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""Protocol Q-CPU (../shared/PROTOCOL.md): quality and pruning cost of secateurs on SmolLM2-135M, with
+"""Protocol Q-CPU (docs/benchmarks.md): quality and pruning cost of secateurs on SmolLM2-135M, with
 llmcompressor 0.14 (its own virtual environment) and the forward-pass floor measured in the same run.
 
     python bench/q_cpu.py                     # everything, writes bench/results/q_cpu.json
@@ -34,7 +34,8 @@ RESULTS = ROOT / "bench" / "results" / "q_cpu.json"
 THREADS = 2
 NSAMPLES, SEQLEN, EVAL_SEQLEN, EVAL_WINDOWS = 128, 512, 2048, 32
 
-# name -> recipe options and dtype (true_sequential None: the method's default, one pass for SparseGPT)
+# name -> the recipe (as secateurs.load_recipe reads it; method None: the dense model), with the bench's own keys
+# dtype and offload (true_sequential None: the method's default, one pass for SparseGPT)
 SECATEURS: dict[str, dict] = {
     "dense": {"method": None},
     "magnitude-50": {"method": "magnitude"},
@@ -46,7 +47,7 @@ SECATEURS: dict[str, dict] = {
     # the model streamed from its safetensors file block by block (--offload disk), pruned blocks written out
     "wanda-50-offload": {"method": "wanda", "offload": "disk"},
     "sparsegpt-50-offload": {"method": "sparsegpt", "offload": "disk"},
-    # issue 3's memory mode: calibration in chunks (--no-true-sequential), the model streamed from its file
+    # the low-memory mode: calibration in chunks (--no-true-sequential), the model streamed from its file
     "sparsegpt-50-no-true-sequential-offload": {"method": "sparsegpt", "true_sequential": False, "offload": "disk"},
     "sparsegpt-2:4-no-true-sequential-offload": {
         "method": "sparsegpt",
@@ -65,11 +66,11 @@ SECATEURS: dict[str, dict] = {
     "wanda-50-obs-seq": {"method": "wanda", "update": "obs-seq"},
     "wanda-50-obs-iter": {"method": "wanda", "update": "obs-iter"},
 }
-# issue 5: allocation, variants and refinement at 50%, 60%, 70% and 2:4
+# allocation, variants and refinement at 50%, 60%, 70% and 2:4
 ALLOCATION: dict[str, dict] = {
     "wanda-70": {"method": "wanda", "sparsity": 0.7},
     "wanda-70-owl": {"method": "wanda", "sparsity": 0.7, "allocation": "owl"},
-    "wanda-70-variant": {"method": "wanda", "sparsity": 0.7, "variant": True},
+    "wanda-70-variant": {"method": {"name": "wanda", "variant": True}, "sparsity": 0.7},
     "wanda-70-dsnot": {"method": "wanda", "sparsity": 0.7, "refine": "dsnot"},
     "ria-70": {"method": "ria", "sparsity": 0.7},
     "sparsegpt-70": {"method": "sparsegpt", "sparsity": 0.7},
@@ -88,23 +89,22 @@ ALLOCATION: dict[str, dict] = {
         "refine": "dsnot",
     },
     # EBFT: each pruned block's kept weights tuned toward the dense block's output (8 epochs, Adam 1e-3)
-    "sparsegpt-50-ebft": {"method": "sparsegpt", "ebft_epochs": 8},
-    "sparsegpt-2:4-ebft": {"method": "sparsegpt", "pattern": "2:4", "ebft_epochs": 8},
-    "wanda-50-ebft": {"method": "wanda", "ebft_epochs": 8},
+    "sparsegpt-50-ebft": {"method": "sparsegpt", "ebft": {"epochs": 8}},
+    "sparsegpt-2:4-ebft": {"method": "sparsegpt", "pattern": "2:4", "ebft": {"epochs": 8}},
+    "wanda-50-ebft": {"method": "wanda", "ebft": {"epochs": 8}},
     # the same, each block fitted to the dense model's activations (a dense stream walks beside the pruned one)
-    "sparsegpt-50-ebft-model": {"method": "sparsegpt", "ebft_epochs": 8, "ebft_target": "model"},
-    "sparsegpt-2:4-ebft-model": {"method": "sparsegpt", "pattern": "2:4", "ebft_epochs": 8, "ebft_target": "model"},
+    "sparsegpt-50-ebft-model": {"method": "sparsegpt", "ebft": {"epochs": 8, "target": "model"}},
+    "sparsegpt-2:4-ebft-model": {"method": "sparsegpt", "pattern": "2:4", "ebft": {"epochs": 8, "target": "model"}},
     # 12 epochs: at epoch 8 every block's loss was still falling by about 1% an epoch
-    "sparsegpt-50-ebft-model-e12": {"method": "sparsegpt", "ebft_epochs": 12, "ebft_target": "model"},
+    "sparsegpt-50-ebft-model-e12": {"method": "sparsegpt", "ebft": {"epochs": 12, "target": "model"}},
     # distillation after the walk: the whole model's kept weights fitted to the dense model's predictions
     # (2 epochs; one gave the same perplexity, 34.47 against 34.46, in a script outside the bench)
-    "sparsegpt-50-distill": {"method": "sparsegpt", "distill_epochs": 2},
-    "sparsegpt-2:4-distill": {"method": "sparsegpt", "pattern": "2:4", "distill_epochs": 1},
+    "sparsegpt-50-distill": {"method": "sparsegpt", "distill": {"epochs": 2}},
+    "sparsegpt-2:4-distill": {"method": "sparsegpt", "pattern": "2:4", "distill": {"epochs": 1}},
     "sparsegpt-50-ebft-model-distill": {
         "method": "sparsegpt",
-        "ebft_epochs": 8,
-        "ebft_target": "model",
-        "distill_epochs": 1,
+        "ebft": {"epochs": 8, "target": "model"},
+        "distill": {"epochs": 1},
     },
 }
 SECATEURS.update(ALLOCATION)
@@ -164,10 +164,10 @@ def prepare() -> None:
     import torch
     from safetensors.torch import save_file
 
-    from secateurs import calibration_windows, load_corpus, load_model
+    from secateurs import calibration_windows, load, load_corpus
 
     WORK.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_model(GGUF, "float32")
+    model, tokenizer = load(GGUF, "float32")
     if not (MODEL / "config.json").exists():
         model.save_pretrained(MODEL)
         tokenizer.save_pretrained(MODEL)
@@ -184,84 +184,104 @@ def _eval(model, tokenizer) -> float:  # noqa: ANN001
     return perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
 
 
+def recipe_facts(recipe) -> dict:  # noqa: ANN001
+    """What a results row says of its recipe, as flat values (a stage that is off: its old default)."""
+    return {
+        "method": recipe.method.name,
+        "pattern": recipe.pattern,
+        "target_sparsity": recipe.target_sparsity,
+        "allocation": recipe.allocation.name if recipe.allocation is not None else "uniform",
+        "true_sequential": recipe.sequential,
+        "update": recipe.update.name if recipe.update is not None else None,
+    }
+
+
+def tuning_facts(recipe, report) -> dict:  # noqa: ANN001
+    """The EBFT and distillation settings of a recipe and the report's distillation ({} when there was none)."""
+    from secateurs.report.serialize import to_json_value
+
+    return {
+        "ebft_epochs": recipe.ebft.epochs if recipe.ebft is not None else 0,
+        "ebft_target": recipe.ebft.target if recipe.ebft is not None else "block",
+        "distill_epochs": recipe.distill.epochs if recipe.distill is not None else 0,
+        "distill": to_json_value(report.distill) if report.distill is not None else {},
+    }
+
+
+def walk_facts(report) -> dict:  # noqa: ANN001
+    """The report's walk as the JSON of secateurs.json ({} when nothing was walked: magnitude)."""
+    from secateurs.report.serialize import to_json_value
+
+    return to_json_value(report.walk) if report.walk is not None else {}
+
+
 def run_secateurs(name: str) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from secateurs import Recipe, load_model, prune
+    from secateurs import load, load_recipe, prune
     from secateurs.report import peak_rss_mib, versions
 
     torch.set_num_threads(THREADS)
     options = dict(SECATEURS[name])
     dtype = options.pop("dtype", "float32")
     if options.pop("offload", None):
-        return run_offloaded(name, Recipe(**options), dtype)
-    model, tokenizer = load_model(MODEL, dtype)
+        return run_offloaded(name, options, dtype)
+    model, tokenizer = load(MODEL, dtype)
     result: dict = {"name": name, "tool": "secateurs", "dtype": dtype, "versions": versions()}
     if options["method"] is not None:
         calibration = load_file(str(CALIB))["input_ids"]
-        recipe = Recipe(**options)
+        recipe = load_recipe(options)
         report = prune(model, recipe, calibration, device="cpu", progress=False)
-        notes = [layer["note"] for layer in report["layers"] if "note" in layer]
+        notes = [layer.note for layer in report.layers if layer.note is not None]
         result.update(
-            method=recipe.method,
-            pattern=recipe.pattern,
-            target_sparsity=recipe.target_sparsity,
-            allocation=recipe.allocation,
-            true_sequential=recipe.sequential,
-            update=recipe.update,
-            ebft_epochs=recipe.ebft_epochs,
-            ebft_target=recipe.ebft_target,
-            distill_epochs=recipe.distill_epochs,
-            distill=report["distill"],
-            prune_s=report["prune_seconds"],
-            sparsity=report["sparsity"],
-            walk=report["walk"],
+            **recipe_facts(recipe),
+            **tuning_facts(recipe, report),
+            prune_s=report.prune_seconds,
+            sparsity=report.sparsity,
+            walk=walk_facts(report),
             layer_notes=notes,
         )
-        if "block_sparsities" in report["allocation"]:  # compared with the peer's list in its row's modifier
-            result["block_sparsities"] = report["allocation"]["block_sparsities"]
+        allocation = report.allocation
+        if allocation is not None and allocation.block_sparsities is not None:  # compared with the peer's modifier
+            result["block_sparsities"] = allocation.block_sparsities
     result["peak_rss_mib"] = peak_rss_mib()
     model.float()
     result["ppl"] = _eval(model, tokenizer)
     return result
 
 
-def run_offloaded(name: str, recipe, dtype: str) -> dict:  # noqa: ANN001
+def run_offloaded(name: str, options: dict, dtype: str) -> dict:
     """The CLI's path with ``--offload disk``: only the block being pruned is in memory; the pruned
     checkpoint is written block by block, then evaluated in a fresh process."""
-    from secateurs import run_prune
+    from secateurs import PruneJob, load_recipe, run_prune
     from secateurs.report import peak_rss_mib, versions
 
+    # the same windows as CALIB: the protocol's sampling of the C4 slice, seed 0
+    calibration = {"source": str(C4), "nsamples": NSAMPLES, "seqlen": SEQLEN, "seed": 0}
+    recipe = load_recipe({**options, "calibration": calibration})
     out = WORK / name.replace(":", "-")
-    report = run_prune(
-        str(MODEL),
-        recipe,
-        out,
-        calib=str(C4),  # the same windows as CALIB: the protocol's sampling, seed 0
-        nsamples=NSAMPLES,
-        seqlen=SEQLEN,
+    job = PruneJob(
+        model=str(MODEL),
+        recipe=recipe,
+        out=out,
         device="cpu",
         dtype=dtype,
         overwrite=True,
         progress=False,
         offload="disk",
     )
+    report = run_prune(job)
     result = {
         "name": name,
         "tool": "secateurs",
         "dtype": dtype,
         "versions": versions(),
-        "method": recipe.method,
-        "pattern": recipe.pattern,
-        "target_sparsity": recipe.target_sparsity,
-        "allocation": recipe.allocation,
-        "true_sequential": recipe.sequential,
-        "update": recipe.update,
+        **recipe_facts(recipe),
         "offload": "disk",
-        "prune_s": report["prune_seconds"],
-        "sparsity": report["sparsity"],
-        "walk": report["walk"],
+        "prune_s": report.prune_seconds,
+        "sparsity": report.sparsity,
+        "walk": walk_facts(report),
         "peak_rss_mib": peak_rss_mib(),
     }
     result.update(_child("--step", "eval", "--arg", str(out)))
@@ -271,10 +291,10 @@ def run_offloaded(name: str, recipe, dtype: str) -> dict:  # noqa: ANN001
 def run_eval(folder: str) -> dict:
     import torch
 
-    from secateurs import load_model
+    from secateurs import load
 
     torch.set_num_threads(THREADS)
-    model, tokenizer = load_model(folder, "float32")
+    model, tokenizer = load(folder, "float32")
     return {"ppl": _eval(model, tokenizer)}
 
 
@@ -293,8 +313,9 @@ def run_floor() -> dict:
     import torch
     from safetensors.torch import load_file
 
+    from secateurs import load
     from secateurs.engine import capture_block_inputs, run_block
-    from secateurs.models import find_blocks, load_model
+    from secateurs.models import find_blocks
 
     torch.set_num_threads(THREADS)
     calibration = load_file(str(CALIB))["input_ids"]
@@ -305,7 +326,7 @@ def run_floor() -> dict:
     else:
         floor["bfloat16"] = "not measured: this CPU has no native bfloat16 (torch emulates it)"
     for dtype, batch in runs:
-        model, _ = load_model(MODEL, dtype)
+        model, _ = load(MODEL, dtype)
         _, blocks = find_blocks(model)
         with torch.no_grad():
             inputs = capture_block_inputs(model, blocks, calibration, batch, torch.device("cpu"))

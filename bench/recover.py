@@ -1,4 +1,5 @@
-"""Issue 9's benchmark (protocol Q-CPU): how much of Wanda 2:4's perplexity gap to dense 300 LoRA steps recover.
+"""Protocol Q-CPU (docs/benchmarks.md), LoRA recovery: how much of Wanda 2:4's perplexity gap to dense 300 LoRA
+steps recover.
 
     python bench/recover.py        # writes bench/results/recover.json
 
@@ -11,6 +12,7 @@ fine-tuning recovers at least 30 % of the gap, (pruned - tuned) / (pruned - dens
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -26,49 +28,44 @@ STEPS, BATCH, SEQLEN, RANK, LR = 300, 4, 256, 8, 1e-4
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     import torch
 
-    from secateurs import Recipe, calibration_windows, evaluation_ids, load_corpus, load_model, prune
+    from secateurs import Evaluation, calibration_windows, evaluation_ids, load, load_corpus, load_recipe, prune, save
     from secateurs.evaluate import perplexity
-    from secateurs.export import save_checkpoint
-    from secateurs.recover import run_training
+    from secateurs.recover import Lora, Training, TrainJob, run_training
 
     if not (MODEL / "config.json").exists():
         sys.exit("run python bench/q_cpu.py --only dense first: it prepares SmolLM2 in float32")
     torch.set_num_threads(THREADS)
-    model, tokenizer = load_model(MODEL, "float32")
+    model, tokenizer = load(MODEL, "float32")
     ids = evaluation_ids(WIKITEXT, tokenizer, EVAL_SEQLEN)
     dense = perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
     calibration = calibration_windows(load_corpus(C4), tokenizer, 128, 512, seed=0)
     start = time.perf_counter()
-    report = prune(model, Recipe("wanda", pattern="2:4"), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": "wanda", "pattern": "2:4"})
+    report = prune(model, recipe, calibration, device="cpu", progress=False)
     prune_s = time.perf_counter() - start
     pruned_folder = WORK / "recover-wanda-2-4"
-    save_checkpoint(model, tokenizer, pruned_folder, report, overwrite=True)
+    save(model, tokenizer, pruned_folder, report, overwrite=True)
     del model
     tuned_folder = WORK / "recover-wanda-2-4-lora"
     start = time.perf_counter()
-    tuned = run_training(
-        "finetune",
-        str(pruned_folder),
-        tuned_folder,
-        data=str(C4),
-        steps=STEPS,
-        batch_size=BATCH,
-        seqlen=SEQLEN,
-        lr=LR,
-        lora_rank=RANK,
-        eval_dataset=str(WIKITEXT),
-        eval_seqlen=EVAL_SEQLEN,
-        eval_windows=EVAL_WINDOWS,
+    job = TrainJob(
+        model=str(pruned_folder),
+        out=tuned_folder,
+        training=Training(data=str(C4), steps=STEPS, batch_size=BATCH, seqlen=SEQLEN, lr=LR),
+        lora=Lora(rank=RANK),
+        evaluation=Evaluation(str(WIKITEXT), EVAL_SEQLEN, EVAL_WINDOWS),
         device="cpu",
         overwrite=True,
         progress=False,
     )
+    tuned = run_training(job)
     wall = time.perf_counter() - start
-    pruned, after = tuned["perplexity_before"], tuned["perplexity_after"]
+    pruned, after = tuned.perplexity_before, tuned.perplexity_after
     result = {
-        "protocol": "Q-CPU (issue 9: LoRA recovery of Wanda 2:4)",
+        "protocol": "Q-CPU (LoRA recovery of Wanda 2:4)",
         "model": MODEL.name,
         "settings": {
             "steps": STEPS,
@@ -83,12 +80,12 @@ def main() -> None:
         "ppl_pruned": pruned,
         "ppl_tuned": after,
         "gap_recovered": (pruned - after) / (pruned - dense),
-        "sparsity_after": tuned["sparsity"],
+        "sparsity_after": tuned.sparsity,
         "prune_s": round(prune_s, 1),
         "finetune_wall_s": round(wall, 1),
-        "train_s": tuned["seconds"]["train"],
-        "first_losses": tuned["losses"][:10],
-        "last_losses": tuned["losses"][-10:],
+        "train_s": tuned.seconds["train"],
+        "first_losses": tuned.training.losses[:10],
+        "last_losses": tuned.training.losses[-10:],
         "threads": THREADS,
     }
     write_results(RESULTS, result)

@@ -1,4 +1,4 @@
-"""Issue 8's benchmark: a model larger than we want in memory, pruned block by block from disk; and calibration
+"""Scale benchmark: a model larger than we want in memory, pruned block by block from disk; and calibration
 spread over two processes.
 
     python bench/scale.py                  # both parts, writes bench/results/scale.json
@@ -168,7 +168,7 @@ def main() -> None:
 
 
 def _write(results: dict) -> None:
-    write_results(RESULTS, results, protocol="issue 8 scale (see bench/scale.py)")
+    write_results(RESULTS, results, protocol="scale (see bench/scale.py)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Structured pruning on SmolLM2-135M: quality under protocol Q-CPU and speed under protocol S
-(../shared/PROTOCOL.md), each configuration against dense in the same run.
+(docs/benchmarks.md), each configuration against dense in the same run.
 
     python bench/structured.py                  # everything, writes bench/results/structured.json
     python bench/structured.py --only mlp-25    # some configurations (merged into the same JSON)
@@ -16,7 +16,7 @@ speed step. Speed: one process runs protocol S (prefill 8 x 512, decode 128 toke
 after a warm-up, timed in rounds over the models) on dense and every pruned folder, float32 on the CPU, each as
 a ratio to dense.
 
-Targets (issue 4): the least-squares re-fit lowers perplexity by at least 20% against the same removal
+Targets: the least-squares re-fit lowers perplexity by at least 20% against the same removal
 without it; the decode speedup reaches at least 80% of the ideal gain implied by the matmul weights removed
 (ideal = all matmul weights of the dense model, lm_head included, over those that remain).
 """
@@ -46,29 +46,43 @@ def markers(path: Path) -> tuple[str, str]:
     return begin, "<!-- end structured table -->" if path == RESULTS else f"<!-- end structured table {path.name} -->"
 
 
-# name -> StructuredRecipe options
+# name -> the structured recipe, as secateurs.load_recipe reads it
 CONFIGURATIONS: dict[str, dict] = {
-    "mlp-10": {"method": "width", "target": "mlp", "ratio": 0.1},
-    "mlp-10-no-refit": {"method": "width", "target": "mlp", "ratio": 0.1, "reconstruct": False},
-    "mlp-25": {"method": "width", "target": "mlp", "ratio": 0.25},
-    "mlp-25-no-refit": {"method": "width", "target": "mlp", "ratio": 0.25, "reconstruct": False},
+    "mlp-10": {"method": {"name": "width", "target": "mlp", "ratio": 0.1}},
+    "mlp-10-no-refit": {"method": {"name": "width", "target": "mlp", "ratio": 0.1, "reconstruct": False}},
+    "mlp-25": {"method": {"name": "width", "target": "mlp", "ratio": 0.25}},
+    "mlp-25-no-refit": {"method": {"name": "width", "target": "mlp", "ratio": 0.25, "reconstruct": False}},
     # the channels chosen for the re-fit (OBS: greedy elimination on the least-squares loss, ZipLM/OSSCAR)
-    "mlp-25-obs": {"method": "width", "target": "mlp", "ratio": 0.25, "score": "obs"},
-    "mlp-25-obs-no-refit": {"method": "width", "target": "mlp", "ratio": 0.25, "score": "obs", "reconstruct": False},
-    "heads-3-of-9": {"method": "width", "target": "heads", "ratio": 1 / 3},
-    "heads-3-of-9-no-refit": {"method": "width", "target": "heads", "ratio": 1 / 3, "reconstruct": False},
+    "mlp-25-obs": {"method": {"name": "width", "target": "mlp", "ratio": 0.25, "score": "obs"}},
+    "mlp-25-obs-no-refit": {
+        "method": {"name": "width", "target": "mlp", "ratio": 0.25, "score": "obs", "reconstruct": False}
+    },
+    "heads-3-of-9": {"method": {"name": "width", "target": "heads", "ratio": 1 / 3}},
+    "heads-3-of-9-no-refit": {"method": {"name": "width", "target": "heads", "ratio": 1 / 3, "reconstruct": False}},
     # the re-fit, then EBFT: each cut block's weights tuned toward the dense block's output (8 epochs, Adam 1e-3)
-    "mlp-25-ebft": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8},
-    "heads-3-of-9-ebft": {"method": "width", "target": "heads", "ratio": 1 / 3, "ebft_epochs": 8},
-    "mlp-25-ebft-model": {"method": "width", "target": "mlp", "ratio": 0.25, "ebft_epochs": 8, "ebft_target": "model"},
-    "depth-3": {"method": "depth", "remove": 3, "search_windows": DEPTH_WINDOWS},
-    "depth-6": {"method": "depth", "remove": 6, "search_windows": DEPTH_WINDOWS},
+    "mlp-25-ebft": {"method": {"name": "width", "target": "mlp", "ratio": 0.25}, "ebft": {"epochs": 8}},
+    "heads-3-of-9-ebft": {"method": {"name": "width", "target": "heads", "ratio": 1 / 3}, "ebft": {"epochs": 8}},
+    "mlp-25-ebft-model": {
+        "method": {"name": "width", "target": "mlp", "ratio": 0.25},
+        "ebft": {"epochs": 8, "target": "model"},
+    },
+    "depth-3": {"method": {"name": "depth", "remove": 3, "search_windows": DEPTH_WINDOWS}},
+    "depth-6": {"method": {"name": "depth", "remove": 6, "search_windows": DEPTH_WINDOWS}},
     # the cut, then distillation: the smaller model's block weights tuned toward the dense model's predictions
     # (Adam 1e-4, one window per step, every calibration window)
-    "mlp-25-distill": {"method": "width", "target": "mlp", "ratio": 0.25, "distill_epochs": 1},
-    "depth-6-distill": {"method": "depth", "remove": 6, "search_windows": DEPTH_WINDOWS, "distill_epochs": 1},
-    "depth-3-distill": {"method": "depth", "remove": 3, "search_windows": DEPTH_WINDOWS, "distill_epochs": 1},
-    "heads-3-of-9-distill": {"method": "width", "target": "heads", "ratio": 1 / 3, "distill_epochs": 1},
+    "mlp-25-distill": {"method": {"name": "width", "target": "mlp", "ratio": 0.25}, "distill": {"epochs": 1}},
+    "depth-6-distill": {
+        "method": {"name": "depth", "remove": 6, "search_windows": DEPTH_WINDOWS},
+        "distill": {"epochs": 1},
+    },
+    "depth-3-distill": {
+        "method": {"name": "depth", "remove": 3, "search_windows": DEPTH_WINDOWS},
+        "distill": {"epochs": 1},
+    },
+    "heads-3-of-9-distill": {
+        "method": {"name": "width", "target": "heads", "ratio": 1 / 3},
+        "distill": {"epochs": 1},
+    },
 }
 REFIT_PAIRS = [
     ("mlp-10", "mlp-10-no-refit"),
@@ -103,32 +117,34 @@ def run_quality(name: str) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from secateurs import evaluation_ids, load_model, prune
+    from secateurs import evaluation_ids, load, load_recipe, prune, save
     from secateurs.evaluate import perplexity
-    from secateurs.export import save_checkpoint
-    from secateurs.recipe import StructuredRecipe
-    from secateurs.report import versions
+    from secateurs.report import EvaluationRecord, versions
+    from secateurs.report.serialize import to_json_value
 
     torch.set_num_threads(THREADS)
-    model, tokenizer = load_model(MODEL, "float32")
+    model, tokenizer = load(MODEL, "float32")
     dense_matmul = matmul_parameters(model)
     result: dict = {"name": name, "dense_matmul_parameters": dense_matmul, "versions": versions()}
+    report = None
     if name != "dense":
         calibration = load_file(str(CALIB))["input_ids"]
-        recipe = StructuredRecipe(**CONFIGURATIONS[name])
+        recipe = load_recipe(CONFIGURATIONS[name])
         report = prune(model, recipe, calibration, device="cpu", progress=False)
+        report.model, report.dtype = str(MODEL), "float32"
+        cut = report.structured
         result.update(
             recipe=recipe.to_dict(),
             calibration_windows=int(calibration.shape[0]),
-            search_windows=report.get("search_windows"),
-            prune_s=report["prune_seconds"],
-            parameters_before=report["before"]["parameters"],
-            parameters_after=report["after"]["parameters"],
-            removed_layers=report.get("removed_layers"),
-            sizes=report.get("sizes"),
-            mean_reconstruction_error=_mean([layer.get("reconstruction_error") for layer in report.get("layers", [])]),
-            candidates=report.get("candidates"),
-            distill=report.get("distill") or None,
+            search_windows=cut.search_windows,
+            prune_s=report.prune_seconds,
+            parameters_before=cut.before.parameters,
+            parameters_after=cut.after.parameters,
+            removed_layers=cut.removed_layers,
+            sizes=cut.sizes,
+            mean_reconstruction_error=_mean([layer.reconstruction_error for layer in cut.layers]),
+            candidates=to_json_value(cut.candidates) if cut.candidates else None,
+            distill=to_json_value(report.distill) if report.distill is not None else None,
         )
     result["matmul_parameters"] = matmul_parameters(model)
     result["ideal_speedup"] = dense_matmul / result["matmul_parameters"]
@@ -136,7 +152,10 @@ def run_quality(name: str) -> dict:
     result["ppl"] = perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
     folder = OUT / name
     OUT.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, tokenizer, folder, {"bench": "structured", **result}, overwrite=True)
+    if report is not None:
+        report.perplexity_after = result["ppl"]
+        report.evaluation = EvaluationRecord(WIKITEXT.name, EVAL_SEQLEN, EVAL_WINDOWS)
+    save(model, tokenizer, folder, report, overwrite=True)  # the pruned folders hold the prune's secateurs.json
     result["file_bytes"] = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     return result
 
@@ -149,7 +168,7 @@ def _mean(values: list) -> float | None:
 def run_speed(names: list[str]) -> dict:
     import torch
 
-    from secateurs.evaluate.speed import run_speed as speed
+    from secateurs.bench.speed import run_speed as speed
 
     torch.set_num_threads(THREADS)
     return speed([OUT / name for name in names], "cpu", "float32")
@@ -236,7 +255,7 @@ def table(results: dict, path: Path) -> str:
         lines += ["", note]
     found = targets(results)
     if found:
-        lines += ["", "Targets of issue 4, checked on these figures:", "", *found]
+        lines += ["", "Targets, checked on these figures:", "", *found]
     return "\n".join(lines)
 
 

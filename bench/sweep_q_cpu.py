@@ -1,4 +1,4 @@
-"""Protocol Q-CPU (../shared/PROTOCOL.md) as a sweep: perplexity of SmolLM2-135M against sparsity for
+"""Protocol Q-CPU (docs/benchmarks.md) as a sweep: perplexity of SmolLM2-135M against sparsity for
 magnitude, Wanda and SparseGPT at 0.3 to 0.7 unstructured and 2:4, the calibration and evaluation of
 bench/q_cpu.py (C4 slice 128 x 512, seed 0; WikiText-2 test, the first 32 windows of 2048; 2 threads).
 
@@ -37,28 +37,24 @@ END = "<!-- end sweep_q_cpu -->"
 def run(fresh: bool) -> dict:
     import torch
 
-    from secateurs import run_sweep
+    from secateurs import Calibration, Evaluation, SweepJob, run_sweep
 
     torch.set_num_threads(THREADS)
     WORK.mkdir(parents=True, exist_ok=True)
-    return run_sweep(
-        str(GGUF),
-        SWEEP_FOLDER,
-        METHODS,
-        SPARSITIES,
-        PATTERNS,
-        eval_dataset=str(WIKITEXT),
-        eval_seqlen=EVAL_SEQLEN,
-        eval_windows=EVAL_WINDOWS,
-        calib=str(C4),
-        nsamples=NSAMPLES,
-        seqlen=SEQLEN,
-        seed=0,
+    job = SweepJob(
+        model=str(GGUF),
+        out=SWEEP_FOLDER,
+        methods=tuple(METHODS),
+        sparsities=tuple(SPARSITIES),
+        patterns=tuple(PATTERNS),
+        evaluation=Evaluation(str(WIKITEXT), EVAL_SEQLEN, EVAL_WINDOWS),
+        calibration=Calibration(str(C4), NSAMPLES, SEQLEN, seed=0),
         device="cpu",
         dtype="float32",
         overwrite=fresh,
         progress=False,
     )
+    return run_sweep(job)
 
 
 def results_of(state: dict) -> dict:
@@ -78,7 +74,7 @@ def results_of(state: dict) -> dict:
 
 
 def readme_block(results: dict) -> str:
-    from secateurs.report_md import markdown_table
+    from secateurs.report.markdown import markdown_table
 
     dense = results["dense"]["perplexity"]
     rows = [
@@ -112,7 +108,7 @@ def main() -> None:
     if not GGUF.exists():
         sys.exit(f"{GGUF} not found: set SECATEURS_SHARED to the folder holding models/ and data/")
 
-    from secateurs.report import write_json_atomic
+    from secateurs.io.atomic import write_json_atomic
     from secateurs.sweep import SWEEP_PLOT
 
     results = results_of(run(args.fresh))

@@ -9,6 +9,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+pytest_plugins = ["schema_check"]  # every secateurs.json the suite writes is checked against the schema
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SECATEURS_SHARED", ROOT.parent / "shared")).resolve()
 SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,13 +93,13 @@ def pytest_terminal_summary(terminalreporter):
 
 def interrupt_after_block(monkeypatch, last: int) -> None:
     """Ctrl-C right after block ``last`` is saved: the run's state holds blocks 0..last."""
-    import secateurs.checkpoint
+    import secateurs.engine.resume
 
-    real = secateurs.checkpoint.WalkState.save_block
+    real = secateurs.engine.resume.WalkState.save_block
 
     def save_then_interrupt(self, index, prefix, block, hidden):
         real(self, index, prefix, block, hidden)
         if index == last:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(secateurs.checkpoint.WalkState, "save_block", save_then_interrupt)
+    monkeypatch.setattr(secateurs.engine.resume.WalkState, "save_block", save_then_interrupt)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from tiny_models import tiny_model
 
-from secateurs import Recipe, prune
+from secateurs import load_recipe, prune
+from secateurs.engine import WalkParts
 from secateurs.errors import RecipeError
-from secateurs.recipe import StructuredRecipe
 
 FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
 
@@ -30,11 +30,11 @@ def test_distillation_keeps_the_zeros_and_moves_the_predictions_toward_the_dense
     family, method, pattern, calibration
 ):
     dense, one_shot, distilled = tiny_model(family), tiny_model(family), tiny_model(family)
-    prune(one_shot, Recipe(method, pattern=pattern), calibration, device="cpu", progress=False)
-    recipe = Recipe(method, pattern=pattern, distill_epochs=3, distill_lr=3e-4)
+    prune(one_shot, load_recipe({"method": method, "pattern": pattern}), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": method, "pattern": pattern, "distill": {"epochs": 3, "lr": 3e-4}})
     report = prune(distilled, recipe, calibration, device="cpu", progress=False)
 
-    pruned = {layer["name"] for layer in report["layers"]}
+    pruned = {layer.name for layer in report.layers}
     changed = 0
     for (name, weight), (_, before) in zip(distilled.named_parameters(), one_shot.named_parameters(), strict=True):
         if name.removesuffix(".weight") in pruned:
@@ -43,20 +43,19 @@ def test_distillation_keeps_the_zeros_and_moves_the_predictions_toward_the_dense
         else:  # embeddings, norms, biases, the head: as they were
             assert torch.equal(weight, before), name
     assert changed == len(pruned)
-    assert report["sparsity"] == 0.5
-    assert len(report["distill"]["epoch_losses"]) == 3
-    assert report["distill"]["epoch_losses"][-1] < report["distill"]["epoch_losses"][0]
+    assert report.sparsity == 0.5
+    assert len(report.distill.epoch_losses) == 3
+    assert report.distill.epoch_losses[-1] < report.distill.epoch_losses[0]
     assert _kl_to(dense, distilled, calibration) < 0.5 * _kl_to(dense, one_shot, calibration)
     assert all(p.device.type == "cpu" and p.grad is None for p in distilled.parameters())
 
 
 def test_distillation_follows_ebft(calibration):
     dense, tuned, both = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
-    prune(tuned, Recipe("sparsegpt", ebft_epochs=2), calibration, device="cpu", progress=False)
-    report = prune(
-        both, Recipe("sparsegpt", ebft_epochs=2, distill_epochs=2), calibration, device="cpu", progress=False
-    )
-    assert report["walk"]["ebft"]["blocks"] and report["distill"]["epochs"] == 2
+    prune(tuned, load_recipe({"method": "sparsegpt", "ebft": {"epochs": 2}}), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": "sparsegpt", "ebft": {"epochs": 2}, "distill": {"epochs": 2}})
+    report = prune(both, recipe, calibration, device="cpu", progress=False)
+    assert report.walk.ebft.blocks and report.distill.epochs == 2
     assert _kl_to(dense, both, calibration) < _kl_to(dense, tuned, calibration)
 
 
@@ -74,22 +73,22 @@ def _sharp_llama() -> torch.nn.Module:
 @pytest.mark.parametrize(
     "options",
     [
-        {"method": "width", "target": "mlp", "ratio": 0.5, "multiple": 8},
-        {"method": "width", "target": "heads", "ratio": 0.5},
-        {"method": "depth", "remove": 1},
+        {"name": "width", "target": "mlp", "ratio": 0.5, "multiple": 8},
+        {"name": "width", "target": "heads", "ratio": 0.5},
+        {"name": "depth", "remove": 1},
     ],
 )
 def test_distillation_heals_a_structured_cut(options, calibration):
     """After a width or depth cut nothing is zero by design: every weight matrix of the smaller blocks is
     tuned (embeddings, norms and the head are not), and the predictions move toward the dense model's."""
     dense, cut, healed = _sharp_llama(), _sharp_llama(), _sharp_llama()
-    prune(cut, StructuredRecipe(**options), calibration, device="cpu", progress=False)
-    recipe = StructuredRecipe(**options, distill_epochs=3, distill_lr=1e-3)
+    prune(cut, load_recipe({"method": options}), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": options, "distill": {"epochs": 3, "lr": 1e-3}})
     report = prune(healed, recipe, calibration, device="cpu", progress=False)
 
-    assert report["after"]["parameters"] == sum(p.numel() for p in healed.parameters())
-    assert report["recipe"]["distill_epochs"] == 3 and len(report["distill"]["epoch_losses"]) == 3
-    assert report["prune_seconds"] >= report["distill"]["seconds"]
+    assert report.structured.after.parameters == sum(p.numel() for p in healed.parameters())
+    assert report.recipe["distill"]["epochs"] == 3 and len(report.distill.epoch_losses) == 3
+    assert report.prune_seconds >= report.distill.seconds
     for (name, weight), (_, before) in zip(healed.named_parameters(), cut.named_parameters(), strict=True):
         tuned = name.startswith("model.layers.") and weight.dim() == 2
         assert torch.equal(weight, before) != tuned, name
@@ -105,7 +104,7 @@ def test_cli_writes_a_distilled_model_that_reloads(tiny_folder, tmp_path):
     args = ["prune", str(tiny_folder), "--method", "wanda", "--distill-epochs", "1", "--out", str(out), *FAST]
     assert main(args) == 0
     report = json.loads((out / "secateurs.json").read_text())
-    assert report["recipe"]["distill_epochs"] == 1 and len(report["distill"]["epoch_losses"]) == 1
+    assert report["recipe"]["distill"]["epochs"] == 1 and len(report["distill"]["epoch_losses"]) == 1
     assert "Distillation: 1 epoch(s)" in (out / "report.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(out)
     weight = model.model.layers[0].mlp.down_proj.weight
@@ -121,31 +120,33 @@ def test_cli_distils_a_width_cut_and_the_smaller_model_reloads(tiny_folder, tmp_
     cut = ["--method", "width", "--target", "mlp", "--ratio", "0.5", "--multiple", "8"]
     assert main(["prune", str(tiny_folder), *cut, "--distill-epochs", "1", "--out", str(out), *FAST]) == 0
     report = json.loads((out / "secateurs.json").read_text())
-    assert report["recipe"]["distill_epochs"] == 1 and len(report["distill"]["epoch_losses"]) == 1
+    assert report["recipe"]["distill"]["epochs"] == 1 and len(report["distill"]["epoch_losses"]) == 1
     assert "Distillation: 1 epoch(s)" in (out / "report.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.intermediate_size == report["sizes"]["intermediate"] < report["sizes"]["intermediate_before"]
+    sizes = report["structured"]["sizes"]
+    assert model.config.intermediate_size == sizes["intermediate"] < sizes["intermediate_before"]
 
 
 @pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"distill_epochs": -1}, "--distill-epochs"),
-        ({"distill_epochs": 0.5}, "--distill-epochs"),
-        ({"distill_epochs": 1, "distill_lr": -1e-4}, "--distill-lr"),
-        ({"distill_epochs": 1, "distill_lr": float("inf")}, "--distill-lr"),
+        ({"epochs": -1}, "distill.epochs"),
+        ({"epochs": 0.5}, "distill.epochs"),
+        ({"epochs": 1, "lr": -1e-4}, "distill.lr"),
+        ({"epochs": 1, "lr": float("inf")}, "distill.lr"),
     ],
 )
 def test_bad_distillation_settings_are_refused(options, message):
     with pytest.raises(RecipeError, match=message):
-        Recipe("wanda", **options)
+        load_recipe({"method": "wanda", "distill": options})
 
 
 @pytest.mark.bad_input
 def test_distillation_refuses_several_ranks(calibration):
     model = tiny_model("llama")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with pytest.raises(RecipeError, match="--workers 1"):
-        prune(model, Recipe("wanda", distill_epochs=1), calibration, device="cpu", reduce=lambda o: None)
+    recipe = load_recipe({"method": "wanda", "distill": {"epochs": 1}})
+    with pytest.raises(RecipeError, match="workers 1"):
+        prune(model, recipe, calibration, device="cpu", parts=WalkParts(reduce=lambda o: None))
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # refused before any change

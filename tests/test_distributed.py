@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from secateurs.cli import main
-from secateurs.distributed import Ranks, without_workers
+from secateurs.pipeline.distributed import Ranks, without_workers
 
 FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
 

@@ -8,11 +8,12 @@ import torch
 from tiny_models import tiny_model
 from torch import nn
 
-from secateurs import Recipe, prune
-from secateurs.ebft import TuneSettings, kept_masks, tune_block
+from secateurs import load_recipe, prune
+from secateurs.engine import WalkParts
 from secateurs.errors import RecipeError
 from secateurs.models import find_blocks
 from secateurs.models.discover import Target, find_targets
+from secateurs.tuning import TuneSettings, kept_masks, tune_block
 
 FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
 
@@ -108,35 +109,39 @@ def _logit_distance(model, dense, ids) -> float:
 def test_ebft_keeps_the_pattern_and_moves_the_model_toward_the_dense_one(family, method, pattern, calibration):
     dense = tiny_model(family)
     one_shot, tuned = tiny_model(family), tiny_model(family)
-    plain = prune(one_shot, Recipe(method, pattern=pattern), calibration, device="cpu", progress=False)
-    report = prune(tuned, Recipe(method, pattern=pattern, ebft_epochs=4), calibration, device="cpu", progress=False)
+    plain = prune(
+        one_shot, load_recipe({"method": method, "pattern": pattern}), calibration, device="cpu", progress=False
+    )
+    recipe = load_recipe({"method": method, "pattern": pattern, "ebft": {"epochs": 4}})
+    report = prune(tuned, recipe, calibration, device="cpu", progress=False)
 
-    assert report["sparsity"] == plain["sparsity"] == 0.5
+    assert report.sparsity == plain.sparsity == 0.5
     blocks_name, blocks = find_blocks(tuned)
     weights = {t.name: t.weight() for i, b in enumerate(blocks) for t in find_targets(b, f"{blocks_name}.{i}")}
-    assert len(weights) == len(report["layers"])
-    for layer in report["layers"]:  # the zeros the solve left, still there after tuning, no more, no fewer
-        weight = weights[layer["name"]]
-        assert int((weight == 0).sum()) == round(layer["sparsity"] * weight.numel()), layer["name"]
+    assert len(weights) == len(report.layers)
+    for layer in report.layers:  # the zeros the solve left, still there after tuning, no more, no fewer
+        weight = weights[layer.name]
+        assert int((weight == 0).sum()) == round(layer.sparsity * weight.numel()), layer.name
         if pattern != "unstructured":
             n, m = map(int, pattern.split(":"))
             kept = (weight != 0).reshape(weight.shape[0], -1, m).sum(-1)
-            assert bool((kept == n).all()), layer["name"]
-    records = report["walk"]["ebft"]["blocks"]
-    assert [r["block"] for r in records] == list(range(len(blocks)))
-    assert all(r["error_after"] < r["error_before"] for r in records), records
-    assert report["walk"]["seconds"]["tune"] > 0
+            assert bool((kept == n).all()), layer.name
+    records = report.walk.ebft.blocks
+    assert [r.block for r in records] == list(range(len(blocks)))
+    assert all(r.error_after < r.error_before for r in records), records
+    assert report.walk.seconds["tune"] > 0
     assert _logit_distance(tuned, dense, calibration) < _logit_distance(one_shot, dense, calibration)
 
 
 def test_a_tuning_that_raises_the_error_is_undone(calibration):
     """A learning rate far too large: every block's tuning makes it worse, so every block stays as pruned."""
     plain, tuned = tiny_model("llama"), tiny_model("llama")
-    prune(plain, Recipe("wanda"), calibration, device="cpu", progress=False)
-    report = prune(tuned, Recipe("wanda", ebft_epochs=2, ebft_lr=10.0), calibration, device="cpu", progress=False)
-    records = report["walk"]["ebft"]["blocks"]
-    assert records and not any(r["kept"] for r in records), records
-    assert all(r["error_after"] >= r["error_before"] for r in records)
+    prune(plain, load_recipe({"method": "wanda"}), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": "wanda", "ebft": {"epochs": 2, "lr": 10.0}})
+    report = prune(tuned, recipe, calibration, device="cpu", progress=False)
+    records = report.walk.ebft.blocks
+    assert records and not any(r.kept for r in records), records
+    assert all(r.error_after >= r.error_before for r in records)
     for (name, weight), (_, expected) in zip(tuned.named_parameters(), plain.named_parameters(), strict=True):
         assert torch.equal(weight, expected), name
 
@@ -144,7 +149,8 @@ def test_a_tuning_that_raises_the_error_is_undone(calibration):
 def test_ebft_leaves_ignored_layers_as_they_are(calibration):
     model = tiny_model("llama")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("o_proj.weight")}
-    prune(model, Recipe("wanda", ignore=["*.o_proj"], ebft_epochs=2), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": "wanda", "ignore": ["*.o_proj"], "ebft": {"epochs": 2}})
+    prune(model, recipe, calibration, device="cpu", progress=False)
     for name, weight in model.named_parameters():
         if name in before:
             assert torch.equal(weight, before[name]), name
@@ -152,31 +158,40 @@ def test_ebft_leaves_ignored_layers_as_they_are(calibration):
 
 def test_ebft_on_a_bfloat16_model_keeps_its_dtype(calibration):
     model = tiny_model("llama").to(torch.bfloat16)
-    report = prune(model, Recipe("wanda", ebft_epochs=2), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": "wanda", "ebft": {"epochs": 2}})
+    report = prune(model, recipe, calibration, device="cpu", progress=False)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    assert all(r["error_after"] < r["error_before"] for r in report["walk"]["ebft"]["blocks"])
+    assert all(r.error_after < r.error_before for r in report.walk.ebft.blocks)
 
 
 @pytest.mark.parametrize("target", ["block", "model"])
-def test_each_block_is_fitted_to_the_outputs_its_target_names(target, calibration):
+def test_each_block_is_fitted_to_the_outputs_its_target_names(target, calibration, monkeypatch):
     """``block``: the dense block's outputs on the pruned model's inputs of the block; ``model``: the dense
     model's own activations after the block (its hidden states), whatever the pruned blocks before changed."""
-    from secateurs.engine import walk
+    import secateurs.tuning.ebft
+    from secateurs.engine import WalkSettings, walk
+    from secateurs.tuning import Ebft, EbftTuner
 
     dense, model = tiny_model("llama"), tiny_model("llama")
     with torch.no_grad():
         hidden_states = dense(input_ids=calibration, output_hidden_states=True).hidden_states
     aimed_at: list[torch.Tensor] = []
 
-    def record(block, targets, inputs, dense_outputs, arguments) -> list[float]:
+    def record(block, targets, inputs, dense_outputs, arguments, settings) -> list[float]:
         aimed_at.append(torch.cat(dense_outputs))
         return []
 
-    def solve(target, observer) -> None:
-        weight = target.weight()
-        weight.masked_fill_(weight.abs() < weight.abs().median(), 0)
+    class Solver:
+        def observer(self, target):
+            return None
 
-    walk(model, calibration, lambda t: None, solve, device="cpu", progress=False, tune=record, tune_target=target)
+        def solve(self, target, observer) -> None:
+            weight = target.weight()
+            weight.masked_fill_(weight.abs() < weight.abs().median(), 0)
+
+    monkeypatch.setattr(secateurs.tuning.ebft, "tune_block", record)
+    hooks = [EbftTuner(Ebft(epochs=1, target=target))]
+    walk(model, calibration, Solver(), WalkSettings(progress=False), WalkParts(hooks=hooks))
     assert len(aimed_at) == 2
     # hidden_states[1] is block 0's output; the last one, block 1's, has the final norm applied
     torch.testing.assert_close(aimed_at[0], hidden_states[1])
@@ -190,12 +205,12 @@ def test_each_block_is_fitted_to_the_outputs_its_target_names(target, calibratio
 
 def test_ebft_toward_the_dense_model_moves_the_model_toward_it(calibration):
     dense, one_shot, tuned = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
-    prune(one_shot, Recipe("sparsegpt"), calibration, device="cpu", progress=False)
-    recipe = Recipe("sparsegpt", ebft_epochs=4, ebft_target="model")
+    prune(one_shot, load_recipe({"method": "sparsegpt"}), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": "sparsegpt", "ebft": {"epochs": 4, "target": "model"}})
     report = prune(tuned, recipe, calibration, device="cpu", progress=False)
-    assert report["walk"]["ebft"]["target"] == "model"
-    assert report["sparsity"] == 0.5
-    assert all(r["kept"] for r in report["walk"]["ebft"]["blocks"])
+    assert report.walk.ebft.target == "model"
+    assert report.sparsity == 0.5
+    assert all(r.kept for r in report.walk.ebft.blocks)
     assert _logit_distance(tuned, dense, calibration) < _logit_distance(one_shot, dense, calibration)
 
 
@@ -203,47 +218,48 @@ def test_ebft_toward_the_dense_model_moves_the_model_toward_it(calibration):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"ebft_epochs": -1}, "--ebft-epochs"),
-        ({"ebft_epochs": 1.5}, "--ebft-epochs"),
-        ({"ebft_epochs": 2, "ebft_lr": 0}, "--ebft-lr"),
-        ({"ebft_epochs": 2, "ebft_lr": float("nan")}, "--ebft-lr"),
-        ({"ebft_epochs": 2, "ebft_target": "dense"}, "--ebft-target"),
+        ({"epochs": -1}, "ebft.epochs"),
+        ({"epochs": 1.5}, "ebft.epochs"),
+        ({"epochs": 2, "lr": 0}, "ebft.lr"),
+        ({"epochs": 2, "lr": float("nan")}, "ebft.lr"),
+        ({"epochs": 2, "target": "dense"}, "ebft.target"),
     ],
 )
 def test_bad_ebft_settings_are_refused(options, message):
     with pytest.raises(RecipeError, match=message):
-        Recipe("wanda", **options)
+        load_recipe({"method": "wanda", "ebft": options})
 
 
 @pytest.mark.bad_input
 def test_ebft_needs_calibration_even_for_magnitude():
     from secateurs.errors import CalibrationError
 
-    with pytest.raises(CalibrationError, match="EBFT"):
-        prune(tiny_model("llama"), Recipe("magnitude", ebft_epochs=2), None, device="cpu", progress=False)
+    recipe = load_recipe({"method": "magnitude", "ebft": {"epochs": 2}})
+    # magnitude alone reads no activation: the message names the stage that does, and what to give
+    with pytest.raises(CalibrationError, match=r"^ebft reads calibration activations: give calibration data"):
+        prune(tiny_model("llama"), recipe, None, device="cpu", progress=False)
 
 
 @pytest.mark.bad_input
 def test_ebft_refuses_several_ranks(calibration):
-    with pytest.raises(RecipeError, match="--workers 1"):
-        prune(tiny_model("llama"), Recipe("wanda", ebft_epochs=2), calibration, device="cpu", reduce=lambda o: None)
+    recipe = load_recipe({"method": "wanda", "ebft": {"epochs": 2}})
+    with pytest.raises(RecipeError, match="workers 1"):
+        prune(tiny_model("llama"), recipe, calibration, device="cpu", parts=WalkParts(reduce=lambda o: None))
 
 
 @pytest.mark.parametrize("target", ["mlp", "heads"])
 def test_ebft_after_a_width_cut_moves_the_smaller_model_toward_the_dense_one(target, calibration, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from secateurs.recipe import StructuredRecipe
-
     dense, cut, tuned = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
-    options = {"target": target, "ratio": 0.5, "multiple": 8, "reconstruct": False}
-    prune(cut, StructuredRecipe("width", **options), calibration, device="cpu", progress=False)
-    recipe = StructuredRecipe("width", **options, ebft_epochs=4, ebft_lr=1e-4)  # the tiny model's small weights
+    width = {"name": "width", "target": target, "ratio": 0.5, "multiple": 8, "reconstruct": False}
+    prune(cut, load_recipe({"method": width}), calibration, device="cpu", progress=False)
+    recipe = load_recipe({"method": width, "ebft": {"epochs": 4, "lr": 1e-4}})  # the tiny model's small weights
     report = prune(tuned, recipe, calibration, device="cpu", progress=False)
     assert tuned.config.to_dict() == cut.config.to_dict()
     assert {n: p.shape for n, p in tuned.named_parameters()} == {n: p.shape for n, p in cut.named_parameters()}
-    records = report["walk"]["ebft"]["blocks"]
-    assert len(records) == 2 and all(r["kept"] and r["error_after"] < r["error_before"] for r in records), records
+    records = report.walk.ebft.blocks
+    assert len(records) == 2 and all(r.kept and r.error_after < r.error_before for r in records), records
     assert _logit_distance(tuned, dense, calibration) < _logit_distance(cut, dense, calibration)
     tuned.save_pretrained(tmp_path / "tuned")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tuned")
@@ -251,15 +267,20 @@ def test_ebft_after_a_width_cut_moves_the_smaller_model_toward_the_dense_one(tar
         torch.testing.assert_close(reloaded(input_ids=calibration).logits, tuned(input_ids=calibration).logits)
 
 
-def test_cli_prune_with_ebft_reports_every_block(tiny_folder, tmp_path):
+def test_cli_prune_with_ebft_reports_every_block(tiny_folder, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     from secateurs.cli import main
 
     out = tmp_path / "out"
-    main(["prune", str(tiny_folder), "--method", "sparsegpt", "--ebft-epochs", "2", "--out", str(out), *FAST])
+    args = ["prune", str(tiny_folder), "--method", "sparsegpt", "--ebft-epochs", "2", "--out", str(out), *FAST]
+    assert main([*args, "--json"]) == 0
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out.strip().splitlines()[-1])  # --json: one line, what the report says
+    assert summary["out"] == str(out) and summary["sparsity"] == 0.5 and printed.err == ""
     report = json.loads((out / "secateurs.json").read_text())
-    assert report["recipe"]["ebft_epochs"] == 2
+    assert report["sparsity"] == 0.5 and report["walk"]["ebft"]["epochs"] == 2
+    assert report["recipe"]["ebft"]["epochs"] == 2
     assert report["walk"]["ebft"]["lr"] == 1e-3
     assert len(report["walk"]["ebft"]["blocks"]) == 2
     reloaded = AutoModelForCausalLM.from_pretrained(out)

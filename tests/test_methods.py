@@ -1,6 +1,6 @@
 import torch
 
-from secateurs.methods import get_method, magnitude, wanda
+from secateurs.methods import magnitude, method_class, wanda
 from secateurs.observers import InputNormObserver
 from secateurs.patterns import unstructured_mask
 
@@ -39,8 +39,8 @@ def test_observer_merge_equals_one_stream():
 
 
 def test_registry_comparison_groups():
-    assert get_method("wanda").per_row and get_method("wanda").needs_inputs
-    assert not get_method("magnitude").per_row and not get_method("magnitude").needs_inputs
+    assert method_class("wanda").per_row and method_class("wanda").statistics is not None
+    assert not method_class("magnitude").per_row and method_class("magnitude").statistics is None
 
 
 def test_reconstruction_error_is_measured_on_calibration_inputs():
@@ -62,8 +62,31 @@ def test_reconstruction_error_is_measured_on_calibration_inputs():
 def test_reports_carry_reconstruction_errors(calibration):
     from tiny_models import tiny_model
 
-    from secateurs import Recipe, prune
+    from secateurs import load_recipe, prune
 
-    report = prune(tiny_model("llama"), Recipe("sparsegpt"), calibration, progress=False)
-    wanda = prune(tiny_model("llama"), Recipe("wanda"), calibration, progress=False)
-    assert all(0 < layer["reconstruction_error"] < 1 for layer in report["layers"] + wanda["layers"])
+    report = prune(tiny_model("llama"), load_recipe({"method": "sparsegpt"}), calibration, progress=False)
+    wanda = prune(tiny_model("llama"), load_recipe({"method": "wanda"}), calibration, progress=False)
+    assert all(0 < layer.reconstruction_error < 1 for layer in report.layers + wanda.layers)
+
+
+def test_ria_zeros_exactly_half_of_every_row_of_every_layer(calibration):
+    """RIA compares within each output row (as Wanda): every row of every pruned layer loses exactly half its
+    weights, and the report's sparsity is the one the weights have."""
+    from tiny_models import tiny_model
+
+    from secateurs import load_recipe, prune
+    from secateurs.models import find_blocks, find_targets
+
+    model = tiny_model("mistral")
+    report = prune(model, load_recipe({"method": "ria"}), calibration, progress=False)
+    name, blocks = find_blocks(model)
+    targets = [t for i, block in enumerate(blocks) for t in find_targets(block, f"{name}.{i}")]
+    assert len(targets) == len(report.layers) == 2 * 7
+    zeros = total = 0
+    for target, layer in zip(targets, report.layers, strict=True):
+        weight = target.weight()
+        rows, columns = weight.shape
+        assert torch.equal((weight == 0).sum(1), torch.full((rows,), columns // 2)), target.name
+        assert layer.name == target.name and layer.sparsity == 0.5
+        zeros, total = zeros + int((weight == 0).sum()), total + weight.numel()
+    assert zeros == total // 2 and report.sparsity == 0.5 == zeros / total

@@ -5,8 +5,8 @@ import torch
 from tiny_models import FAMILIES, tiny_model
 from transformers import AutoModelForCausalLM
 
-from secateurs import Recipe, prune
-from secateurs.export import save_checkpoint
+from secateurs import load_recipe, prune
+from secateurs.io.hf import save_checkpoint
 from secateurs.models import find_blocks, find_targets
 from secateurs.patterns import NMPattern, is_nm_sparse
 
@@ -15,12 +15,12 @@ from secateurs.patterns import NMPattern, is_nm_sparse
 @pytest.mark.parametrize("pattern,true_sequential", [("unstructured", False), ("2:4", True)])
 def test_prune_save_reload(family, pattern, true_sequential, calibration, tmp_path):
     model = tiny_model(family)
-    recipe = Recipe("wanda", pattern=pattern, true_sequential=true_sequential)
+    recipe = load_recipe({"method": "wanda", "pattern": pattern, "true_sequential": true_sequential})
     report = prune(model, recipe, calibration, device="cpu", progress=False)
 
     name, blocks = find_blocks(model)
     targets = [t for i, b in enumerate(blocks) for t in find_targets(b, f"{name}.{i}")]
-    assert len(report["layers"]) == len(targets) > 0
+    assert len(report.layers) == len(targets) > 0
     for target in targets:
         weight = target.weight()
         if pattern == "2:4":
@@ -28,7 +28,7 @@ def test_prune_save_reload(family, pattern, true_sequential, calibration, tmp_pa
             assert int((weight == 0).sum()) == weight.numel() // 2
         else:  # Wanda: exactly half of every row
             assert ((weight == 0).sum(1) == weight.shape[1] // 2).all(), target.name
-    assert report["sparsity"] == 0.5
+    assert report.sparsity == 0.5
 
     save_checkpoint(model, None, tmp_path / "out", report)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
@@ -39,8 +39,8 @@ def test_prune_save_reload(family, pattern, true_sequential, calibration, tmp_pa
 
 def test_magnitude_needs_no_calibration_and_compares_per_layer():
     model = tiny_model("llama")
-    report = prune(model, Recipe("magnitude", sparsity=0.7), None, device="cpu", progress=False)
-    assert report["walk"] == {}
+    report = prune(model, load_recipe({"method": "magnitude", "sparsity": 0.7}), None, device="cpu", progress=False)
+    assert report.walk is None
     q = model.model.layers[0].self_attn.q_proj.weight
     assert int((q == 0).sum()) == int(q.numel() * 0.7)
     rows = (q == 0).sum(1)
@@ -49,10 +49,9 @@ def test_magnitude_needs_no_calibration_and_compares_per_layer():
 
 def test_ignore_globs_leave_layers_dense(calibration):
     model = tiny_model("llama")
-    report = prune(
-        model, Recipe("wanda", ignore=["*.down_proj", "model.layers.1.*"]), calibration, device="cpu", progress=False
-    )
-    names = {layer["name"] for layer in report["layers"]}
+    recipe = load_recipe({"method": "wanda", "ignore": ["*.down_proj", "model.layers.1.*"]})
+    report = prune(model, recipe, calibration, device="cpu", progress=False)
+    names = {layer.name for layer in report.layers}
     assert "model.layers.0.mlp.down_proj" not in names and not any(".layers.1." in n for n in names)
     assert int((model.model.layers[1].mlp.up_proj.weight == 0).sum()) == 0
     assert int((model.model.layers[0].mlp.down_proj.weight == 0).sum()) == 0
@@ -61,5 +60,5 @@ def test_ignore_globs_leave_layers_dense(calibration):
 def test_embeddings_and_head_are_not_pruned(calibration):
     model = tiny_model("gpt2")
     before = model.lm_head.weight.clone()
-    prune(model, Recipe("wanda"), calibration, device="cpu", progress=False)
+    prune(model, load_recipe({"method": "wanda"}), calibration, device="cpu", progress=False)
     assert torch.equal(model.lm_head.weight, before)

@@ -39,9 +39,8 @@ def test_offloaded_equals_in_memory(tiny_folder, tmp_path, recipe):
         assert torch.equal(a[key], b[key]), key
     report = json.loads((disk / "secateurs.json").read_text())
     assert report["offload"] == "disk" and report["sparsity"] > 0
-    assert {"load", "observe", "solve", "propagate", "write"} <= set(report["walk"].get("seconds", {})) or (
-        recipe[1] == "magnitude"
-    )
+    walked = report.get("walk", {}).get("seconds", {})  # magnitude solves every block without a walk
+    assert {"load", "observe", "solve", "propagate", "write"} <= set(walked) or (recipe[1] == "magnitude")
 
 
 def test_offloaded_model_with_tied_embeddings(tiny_folder, tmp_path):

@@ -1,4 +1,4 @@
-"""Packed checkpoints (issue 7): bit-exact round trips, the size arithmetic, damaged files refused, the
+"""Packed checkpoints: bit-exact round trips, the size arithmetic, damaged files refused, the
 semi-structured path, and the protocol S bench on a tiny model."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
 import secateurs
-from secateurs import Recipe, prune
+from secateurs import PruneJob, Report, load_recipe, prune
 from secateurs.cli import main
 from secateurs.errors import PackedFormatError, PatternViolationError, SemiStructuredError
-from secateurs.export.packed import (
+from secateurs.io.packed import (
     WEIGHTS_NAME,
     bitmask_bytes,
     decode_nm,
@@ -29,10 +29,10 @@ from secateurs.export.packed import (
     pack_indices,
     packed_sizes,
     save_packed,
-    to_semi_structured,
     unpack_bits,
     unpack_indices,
 )
+from secateurs.io.semi_structured import to_semi_structured
 from secateurs.patterns import NMPattern, is_nm_sparse
 
 FAST = ["--calib", "builtin", "--nsamples", "4", "--seqlen", "32", "--quiet", "--device", "cpu"]
@@ -52,9 +52,9 @@ def assert_bit_identical(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(_bits(state_a[name]), _bits(state_b[name])), name
 
 
-def _pruned(family: str, pattern: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, dict]:
+def _pruned(family: str, pattern: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Report]:
     model = tiny_model(family).to(dtype)
-    report = prune(model, Recipe("magnitude", pattern=pattern), progress=False)
+    report = prune(model, {"method": "magnitude", "pattern": pattern}, progress=False)
     return model, report
 
 
@@ -106,7 +106,7 @@ def test_size_formulas_by_hand():
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
 def test_round_trip_is_bit_identical(family, pattern, tmp_path):
     model, report = _pruned(family, pattern)
-    out = save_packed(model, None, tmp_path / "packed", report)
+    out = save_packed(model, None, tmp_path / "packed", report, pattern=pattern)
     loaded, tokenizer = secateurs.load(out)
     assert tokenizer is None
     assert type(loaded) is type(model)
@@ -131,7 +131,7 @@ def test_round_trip_bfloat16_with_negative_zeros(tmp_path):
     first_kept = kept.float().argmax(dim=1)
     weight[torch.arange(weight.shape[0]), first_kept] = -0.0  # kept positions that hold -0.0
     weight[0, :4] = torch.tensor([-0.0, -0.0, 0.0, 0.0])  # a group whose only survivors are -0.0
-    out = save_packed(model, None, tmp_path / "packed", report)
+    out = save_packed(model, None, tmp_path / "packed", report, pattern="2:4")
     loaded, _ = secateurs.load(out)
     assert_bit_identical(model, loaded)
     assert loaded.dtype == torch.bfloat16
@@ -140,16 +140,16 @@ def test_round_trip_bfloat16_with_negative_zeros(tmp_path):
 
 def test_dense_weights_stay_as_they_are(tmp_path):
     model = tiny_model("llama")
-    out = save_packed(model, None, tmp_path / "dense", {})
+    out = save_packed(model, None, tmp_path / "dense", None)
     assert {e["encoding"] for e in _encodings(out).values()} == {"dense"}
     assert_bit_identical(model, secateurs.load(out)[0])
 
 
 def test_ignored_layers_are_not_held_to_the_pattern(tmp_path):
     model = tiny_model("llama")
-    recipe = Recipe("magnitude", pattern="2:4", ignore=["*.down_proj"])
+    recipe = load_recipe({"method": "magnitude", "pattern": "2:4", "ignore": ["*.down_proj"]})
     report = prune(model, recipe, progress=False)
-    out = save_packed(model, None, tmp_path / "packed", report)
+    out = save_packed(model, None, tmp_path / "packed", report, pattern=recipe.pattern, ignore=recipe.ignore)
     encodings = _encodings(out)
     assert encodings["model.layers.0.mlp.down_proj.weight"]["encoding"] == "dense"
     assert encodings["model.layers.0.mlp.up_proj.weight"]["encoding"] == "nm"
@@ -162,7 +162,7 @@ def test_ignored_layers_are_not_held_to_the_pattern(tmp_path):
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
 def test_file_size_arithmetic(pattern, tmp_path):
     model, report = _pruned("llama", pattern, torch.bfloat16)
-    out = save_packed(model, None, tmp_path / "packed", report)
+    out = save_packed(model, None, tmp_path / "packed", report, pattern=pattern)
     nm = None if pattern == "unstructured" else NMPattern(*map(int, pattern.split(":")))
     expected_packed = expected_dense = 0
     for entry in _encodings(out).values():
@@ -195,7 +195,7 @@ def test_file_size_arithmetic(pattern, tmp_path):
 @pytest.fixture
 def packed_24(tmp_path) -> Path:
     model, report = _pruned("llama", "2:4")
-    return save_packed(model, None, tmp_path / "packed", report)
+    return save_packed(model, None, tmp_path / "packed", report, pattern="2:4")
 
 
 def _rewrite(folder: Path, change) -> None:
@@ -328,21 +328,21 @@ def test_prune_packed_unpack_and_from_pretrained(tiny_folder, tmp_path, capsys):
 
     capsys.readouterr()
     unpacked = tmp_path / "unpacked"
-    assert main(["unpack", str(packed), str(unpacked), "--quiet"]) == 0
+    assert main(["unpack", str(packed), str(unpacked), "--quiet", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip())["out"] == str(unpacked)
     plain = AutoModelForCausalLM.from_pretrained(unpacked)
     assert "secateurs" not in json.loads((unpacked / "config.json").read_text())
     assert_bit_identical(model, plain)
     assert (unpacked / "tokenizer.json").is_file()
 
-    # A packed folder is a model source everywhere (load_model sees the section).
-    assert_bit_identical(model, secateurs.load_model(packed)[0])
+    # A packed folder is a model source everywhere (secateurs.load reads the section).
+    assert_bit_identical(model, secateurs.load(packed)[0])
     assert main(["eval", str(packed), "--ppl", "builtin", "--seqlen", "32", "--max-windows", "2", *FAST[-3:]]) == 0
 
     # Pack the unpacked folder again: the report's recipe declares 2:4, so the weights are stored N:M.
     repacked = tmp_path / "repacked"
     capsys.readouterr()
-    assert main(["pack", str(unpacked), str(repacked), "--quiet"]) == 0
+    assert main(["pack", str(unpacked), str(repacked), "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["packed_over_dense"] == pytest.approx((2 + 1 / 8) / 4, abs=1e-4)  # float32: half the values + 2 bits
     assert {e["encoding"] for e in _encodings(repacked).values()} == {"dense", "nm"}
@@ -370,7 +370,9 @@ def test_cli_pack_refusals(tiny_folder, tmp_path, capsys):
 
 def test_prune_refuses_an_unknown_format(tiny_folder, tmp_path):
     with pytest.raises(secateurs.SecateursError, match="choose hf or packed"):
-        secateurs.run_prune(str(tiny_folder), Recipe("magnitude"), tmp_path / "o", checkpoint_format="zip")
+        secateurs.run_prune(
+            PruneJob(model=str(tiny_folder), recipe={"method": "magnitude"}, out=tmp_path / "o", format="zip")
+        )
 
 
 # --------------------------------------------------------------------------------- semi-structured
@@ -389,7 +391,7 @@ def test_semi_structured_refuses_old_gpus_and_wrong_dtypes(packed_24, monkeypatc
     with pytest.raises(SemiStructuredError, match="Tesla T4 has 7.5"):
         secateurs.load(packed_24, semi_structured=True, dtype="float16")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
-    with pytest.raises(SemiStructuredError, match="would be float32: pass dtype=torch.float16"):
+    with pytest.raises(SemiStructuredError, match='would be float32: pass dtype="float16"'):
         secateurs.load(packed_24, semi_structured=True)
 
 
@@ -412,8 +414,8 @@ def test_semi_structured_runs_on_sparse_tensor_cores(tmp_path):
     )  # fmt: skip
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    report = prune(model, Recipe("magnitude", pattern="2:4"), progress=False)
-    out = save_packed(model.half(), None, tmp_path / "packed", report)
+    report = prune(model, {"method": "magnitude", "pattern": "2:4"}, progress=False)
+    out = save_packed(model.half(), None, tmp_path / "packed", report, pattern="2:4")
     sparse, _ = secateurs.load(out, semi_structured=True)
     dense, _ = secateurs.load(out)
     weight = sparse.model.layers[0].mlp.up_proj.weight
@@ -429,7 +431,7 @@ def test_semi_structured_runs_on_sparse_tensor_cores(tmp_path):
 
 
 def test_random_two_four_mask_is_two_four():
-    from secateurs.evaluate.speed import random_two_four_mask
+    from secateurs.bench.speed import random_two_four_mask
 
     mask = random_two_four_mask((64, 128), torch.Generator().manual_seed(0))
     assert mask.dtype == torch.bool and (mask.view(64, 32, 4).sum(-1) == 2).all()
@@ -442,10 +444,13 @@ def test_bench_writes_json_markdown_and_png(tiny_folder, tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "bench"
     tiny = ["--prefill-batch", "2", "--prefill-seqlen", "16", "--prompt-tokens", "8", "--new-tokens", "4"]
-    tiny += ["--repeats", "2", "--micro-tokens", "16", "--device", "cpu", "--out", str(out), "--quiet"]
-    assert main(["bench", str(tiny_folder), str(packed), *tiny]) == 0
-    printed = capsys.readouterr().out
-    assert "| model |" in printed and json.loads(printed.strip().splitlines()[-1])["models"] == 2
+    tiny += ["--repeats", "2", "--micro-tokens", "16", "--device", "cpu", "--quiet"]
+    assert main(["bench", str(tiny_folder), str(packed), *tiny, "--out", str(out)]) == 0
+    assert "| model |" in capsys.readouterr().out  # the table, for a person
+    # --json: the one-line document instead (the micro-benchmark skipped: the table above has it)
+    as_json = ["--out", str(tmp_path / "bench-json"), "--no-micro", "--json"]
+    assert main(["bench", str(tiny_folder), str(packed), *tiny, *as_json]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["models"] == 2
 
     result = json.loads((out / "speed.json").read_text())
     assert result["protocol"] == "S" and result["device"] == "cpu"
@@ -472,7 +477,7 @@ def test_bench_writes_json_markdown_and_png(tiny_folder, tmp_path, capsys):
 def test_bench_times_the_models_in_rounds(tiny_folder, tmp_path, monkeypatch, interleave):
     # A host that drifts during the run must not favour the models timed at its fast moments: by default the
     # timed runs alternate between the models; --one-at-a-time times each model's runs together.
-    from secateurs.evaluate import speed
+    from secateurs.bench import speed
 
     shutil.copytree(tiny_folder, tmp_path / "second")
     order: list[str] = []
@@ -499,7 +504,8 @@ def test_bench_times_the_models_in_rounds(tiny_folder, tmp_path, monkeypatch, in
 def test_bench_on_cuda_runs_two_four_models_on_sparse_kernels(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from secateurs.evaluate.speed import SpeedSettings, run_speed
+    from secateurs.bench.settings import SpeedSettings
+    from secateurs.bench.speed import run_speed
 
     config = LlamaConfig(
         hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -507,10 +513,10 @@ def test_bench_on_cuda_runs_two_four_models_on_sparse_kernels(tmp_path):
     )  # fmt: skip
     torch.manual_seed(0)
     dense = LlamaForCausalLM(config).eval().half()
-    save_packed(dense, None, tmp_path / "dense", {})
+    save_packed(dense, None, tmp_path / "dense", None)
     model = LlamaForCausalLM(config).eval()
-    report = prune(model, Recipe("magnitude", pattern="2:4"), progress=False)
-    save_packed(model.half(), None, tmp_path / "two-four", report)
+    report = prune(model, {"method": "magnitude", "pattern": "2:4"}, progress=False)
+    save_packed(model.half(), None, tmp_path / "two-four", report, pattern="2:4")
     settings = SpeedSettings(
         prefill_batch=2, prefill_seqlen=64, prompt_tokens=8, new_tokens=4, repeats=2, micro_tokens=256,
         micro_shapes=[(256, 128)],

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import C4_SLICE, SMOLLM2, WIKITEXT_TEST, requires_smollm2
 
-from secateurs import Recipe, calibration_windows, evaluation_ids, load_corpus, load_model, prune
+from secateurs import calibration_windows, evaluation_ids, load, load_corpus, prune
 from secateurs.evaluate import perplexity
-from secateurs.export import save_checkpoint
+from secateurs.io.hf import save_checkpoint
 
 pytestmark = [pytest.mark.slow, requires_smollm2()]
 WINDOWS = 2  # of 2048 WikiText-2 test tokens: the ranking below holds with wide margins
@@ -17,7 +17,7 @@ WINDOWS = 2  # of 2048 WikiText-2 test tokens: the ranking below holds with wide
 @pytest.fixture(scope="module")
 def smollm2():
     torch.set_num_threads(2)
-    model, tokenizer = load_model(SMOLLM2, "float32")
+    model, tokenizer = load(SMOLLM2, "float32")
     calibration = calibration_windows(load_corpus(C4_SLICE), tokenizer, 32, 256, seed=0)
     ids = evaluation_ids(WIKITEXT_TEST, tokenizer, 2048)[:, : WINDOWS * 2048]
     return model, tokenizer, calibration, ids
@@ -32,8 +32,8 @@ def dense_perplexity(smollm2):
 def _pruned(smollm2, method, pattern):
     dense, _, calibration, ids = smollm2
     model = copy.deepcopy(dense)
-    report = prune(model, Recipe(method, pattern=pattern), calibration, device="cpu", progress=False)
-    assert report["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    report = prune(model, {"method": method, "pattern": pattern}, calibration, device="cpu", progress=False)
+    assert report.sparsity == pytest.approx(0.5, abs=1e-4)
     return model, report, perplexity(model, ids, 2048, device="cpu", progress=False)
 
 
@@ -47,7 +47,7 @@ def test_sparsegpt_beats_wanda_beats_magnitude(smollm2, dense_perplexity, patter
 
     model, report, _ = results["sparsegpt"]
     out = save_checkpoint(model, tokenizer, tmp_path / "pruned", report)
-    reloaded, _ = load_model(out, "float32")
+    reloaded, _ = load(out, "float32")
     probe = ids[:, :64]
     with torch.no_grad():
         assert torch.equal(reloaded(probe).logits, model(probe).logits)

@@ -8,13 +8,15 @@ import subprocess
 import sys
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import interrupt_after_block
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from secateurs.checkpoint import state_folder
+from secateurs import Report
 from secateurs.cli import main
+from secateurs.engine.resume import state_folder
 
 FAST = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "32", "--quiet", "--device", "cpu"]
 LAYERS = 6
@@ -81,10 +83,10 @@ def test_kill_at_a_random_block_then_resume_is_bit_identical(deep_folder, tmp_pa
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
-    report = json.loads((out / "secateurs.json").read_text())
-    assert len(report["layers"]) == len(json.loads((reference / "secateurs.json").read_text())["layers"])
+    report = Report.read(out / "secateurs.json")
+    assert len(report.layers) == len(Report.read(reference / "secateurs.json").layers)
     if "--ebft-epochs" in args:  # the blocks tuned before the kill are in the report too
-        assert [record["block"] for record in report["walk"]["ebft"]["blocks"]] == list(range(LAYERS))
+        assert [record.block for record in report.walk.ebft.blocks] == list(range(LAYERS))
 
 
 @pytest.mark.crash_point
@@ -125,19 +127,20 @@ def test_an_interrupted_run_says_how_to_resume(deep_folder, tmp_path, capsys, mo
 
 def test_resume_keeps_the_interrupted_walk(deep_folder, tmp_path, capsys, monkeypatch):
     """A run that fell back to the staged walk (activations did not fit) resumes staged, whatever memory says now."""
-    import secateurs.engine
+    import secateurs.engine.strategies
 
     args = ["--method", "wanda", "--true-sequential", "--batch-size", "2", *FAST]
-    monkeypatch.setattr(secateurs.engine, "one_pass_fits", lambda *a: False)
+    # where the walk's strategy choice looks it up (secateurs.engine.memory.one_pass_fits)
+    monkeypatch.setattr(secateurs.engine.strategies, "one_pass_fits", lambda *a: False)
     reference = tmp_path / "reference"
     assert main(["prune", str(deep_folder), "--out", str(reference), *args]) == 0
-    assert json.loads((reference / "secateurs.json").read_text())["walk"]["mode"] == "staged"
+    assert Report.read(reference / "secateurs.json").walk.mode == "staged"
     out = tmp_path / "out"
     interrupt_after_block(monkeypatch, 2)
     assert main(["prune", str(deep_folder), "--out", str(out), *args]) == 130
     monkeypatch.undo()  # memory "fits" again: a new run would take the one-pass walk
     assert main(["prune", str(deep_folder), "--out", str(out), *args, "--resume"]) == 0
-    assert json.loads((out / "secateurs.json").read_text())["walk"]["mode"] == "staged"
+    assert Report.read(out / "secateurs.json").walk.mode == "staged"
     expected, got = _weights(reference), _weights(out)
     assert all(torch.equal(expected[key], got[key]) for key in expected)
 
@@ -147,7 +150,7 @@ def test_streamed_inputs_file_is_a_safetensors_file(tmp_path, dtype):
     """The state's calibration inputs are written tensor by tensor; safetensors itself reads them back."""
     from safetensors import safe_open
 
-    from secateurs.checkpoint import save_tensors_streaming
+    from secateurs.engine.resume import save_tensors_streaming
 
     generator = torch.Generator().manual_seed(0)
     tensors = {f"batch.{j:05d}": (torch.randn(j + 1, 3, 5, generator=generator) * 100).to(dtype) for j in range(3)}
@@ -159,3 +162,47 @@ def test_streamed_inputs_file_is_a_safetensors_file(tmp_path, dtype):
         assert loaded[name].dtype == dtype and torch.equal(loaded[name], tensor)
     with safe_open(str(tmp_path / "inputs.safetensors"), framework="pt") as handle:
         assert handle.get_slice("batch.00002").get_shape() == [3, 3, 5]
+
+
+@pytest.mark.bad_input
+def test_resume_refuses_a_source_model_changed_since_the_interruption(deep_folder, tmp_path, capsys, monkeypatch):
+    """The state holds blocks pruned from the old weights: resuming on new weights would mix two models. The
+    run is refused with a message that says why and what to do, and nothing is written or lost."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    source = tmp_path / "source"
+    shutil.copytree(deep_folder, source)
+    out = tmp_path / "out"
+    args = ["prune", str(source), "--out", str(out), "--method", "wanda", *FAST]
+    interrupt_after_block(monkeypatch, 2)
+    assert main(args) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    state = state_folder(out)
+    saved = {file.name: file.read_bytes() for file in state.iterdir()}
+    assert json.loads(saved["state.json"])["blocks_done"] == 3
+
+    # one tensor of a block the interrupted run already pruned changes; the file keeps its size
+    weights = load_file(str(source / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    weights[name] = weights[name].flip(0).contiguous()
+    save_file(weights, str(source / "model.safetensors"), metadata={"format": "pt"})
+
+    assert main([*args, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "comes from another model" in error and "run without --resume to start over" in error
+    assert error.startswith("secateurs: error: ") and error.count("\n") == 1  # one clear line
+    assert not out.exists()  # nothing written from a mix of the two
+    assert {file.name: file.read_bytes() for file in state.iterdir()} == saved  # the old state is untouched
+
+    # starting over prunes the new weights: the same result as a fresh run on them
+    assert main(args) == 0
+    reference = tmp_path / "reference"
+    assert main(["prune", str(source), "--out", str(reference), "--method", "wanda", *FAST]) == 0
+    expected, got = _weights(reference), _weights(out)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    # Wanda compares within rows and block 0's inputs did not change: the new q_proj is the old one, rows flipped
+    old = safetensors.torch.load(saved["block-00000.safetensors"])  # as pruned from the old weights
+    assert not torch.equal(old[name], got[name]) and torch.equal(old[name].flip(0), got[name])

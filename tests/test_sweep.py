@@ -6,13 +6,11 @@ import pytest
 from PIL import Image
 
 import secateurs.sweep as sweep_module
-from secateurs import Recipe, calibration_windows, evaluation_ids, load_corpus, load_model, prune
+from secateurs import Calibration, Evaluation, calibration_windows, evaluation_ids, load, load_corpus, prune
 from secateurs.cli import main
 from secateurs.errors import OutputError, RecipeError
 from secateurs.evaluate import perplexity
-from secateurs.sweep import SweepPoint, run_sweep, sweep_figure, sweep_grid
-
-CALIBRATION = {"calib": "builtin", "nsamples": 4, "seqlen": 32}
+from secateurs.sweep import SweepJob, SweepPoint, run_sweep, sweep_figure, sweep_grid
 
 
 @pytest.fixture
@@ -22,11 +20,20 @@ def eval_text(tmp_path):
     return path
 
 
-def _sweep(tiny_folder, out, eval_text, methods=("magnitude", "wanda"), sparsities=(0.3, 0.5), **options):  # noqa: ANN001, ANN202
-    settings = {**CALIBRATION, "eval_seqlen": 64, "eval_windows": 2, "device": "cpu", "progress": False, **options}
-    return run_sweep(
-        str(tiny_folder), out, methods, sparsities, ["unstructured", "2:4"], eval_dataset=str(eval_text), **settings
+def _sweep(tiny_folder, out, eval_text, methods=("magnitude", "wanda"), sparsities=(0.3, 0.5), nsamples=4, **options):  # noqa: ANN001, ANN202
+    job = SweepJob(
+        model=str(tiny_folder),
+        out=out,
+        methods=tuple(methods),
+        sparsities=tuple(sparsities),
+        patterns=("unstructured", "2:4"),
+        evaluation=Evaluation(str(eval_text), seqlen=64, windows=2),
+        calibration=Calibration("builtin", nsamples=nsamples, seqlen=32),
+        device="cpu",
+        progress=False,
+        **options,
     )
+    return run_sweep(job)
 
 
 def test_grid_gives_nm_patterns_their_own_sparsity():
@@ -49,7 +56,7 @@ def test_sweep_writes_json_markdown_and_plot(tiny_folder, tmp_path, eval_text, c
     arguments = ["sweep", str(tiny_folder), "--methods", "magnitude,wanda,sparsegpt", "--sparsities", "0.3,0.5"]
     arguments += ["--patterns", "unstructured,2:4", "--eval", str(eval_text), "--eval-seqlen", "64"]
     arguments += ["--eval-windows", "2", "--calib", "builtin", "--nsamples", "4", "--seqlen", "32", "--out", str(out)]
-    assert main([*arguments, "--quiet", "--device", "cpu"]) == 0
+    assert main([*arguments, "--quiet", "--device", "cpu", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     state = json.loads((out / "sweep.json").read_text())
@@ -60,11 +67,11 @@ def test_sweep_writes_json_markdown_and_plot(tiny_folder, tmp_path, eval_text, c
     assert state["dense"]["perplexity"] == pytest.approx(printed["dense_perplexity"])
 
     # every point starts from the dense weights: the 8th point equals the same pruning done alone
-    model, tokenizer = load_model(tiny_folder)
+    model, tokenizer = load(tiny_folder, "float32")
     point = state["points"][7]
     assert (point["method"], point["sparsity"]) == ("sparsegpt", 0.5)
     windows = calibration_windows(load_corpus("builtin"), tokenizer, 4, 32, 0)
-    prune(model, Recipe("sparsegpt", 0.5), windows, device="cpu", progress=False)
+    prune(model, {"method": "sparsegpt", "sparsity": 0.5}, windows, device="cpu", progress=False)
     alone = perplexity(model, evaluation_ids(str(eval_text), tokenizer, 64), 64, 2, device="cpu", progress=False)
     assert point["perplexity"] == pytest.approx(alone, rel=1e-6)
 
@@ -82,7 +89,7 @@ def test_interrupted_sweep_resumes_without_recomputing(tiny_folder, tmp_path, ev
     real_prune = sweep_module.prune
 
     def counting_prune(model, recipe, *args, **kwargs):  # noqa: ANN001, ANN202
-        calls.append(f"{recipe.method} {recipe.pattern} {recipe.sparsity}")
+        calls.append(f"{recipe.method.name} {recipe.pattern} {recipe.sparsity}")
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt
         return real_prune(model, recipe, *args, **kwargs)
@@ -101,7 +108,7 @@ def test_interrupted_sweep_resumes_without_recomputing(tiny_folder, tmp_path, ev
     assert state["points"][:2] == first["points"][:2] and state["dense"] == first["dense"]
 
     calls.clear()
-    monkeypatch.setattr(sweep_module, "load_model", lambda *a, **k: pytest.fail("a finished sweep loads no model"))
+    monkeypatch.setattr(sweep_module, "load", lambda *a, **k: pytest.fail("a finished sweep loads no model"))
     assert _sweep(tiny_folder, out, eval_text)["points"] == state["points"]
     assert calls == []
 

@@ -9,11 +9,10 @@ import pytest
 import torch
 import yaml
 
-from secateurs import load_model
+from secateurs import load
 from secateurs.cli import main
-from secateurs.errors import EvaluationError
-from secateurs.evaluate import zero_shot
-from secateurs.evaluate.zero_shot import _load_task, local_task_config
+from secateurs.errors import EvaluationError, MissingExtraError
+from secateurs.evaluate.zero_shot import _load_task, local_task_config, zero_shot
 
 DATA = Path(__file__).parent / "data"
 TASK_YAML = DATA / "tiny_choice.yaml"
@@ -68,7 +67,7 @@ def _lm_eval_directly(model, tokenizer, limit: int | None) -> dict:  # noqa: ANN
 @pytest.mark.parametrize("limit", [None, 5])
 def test_local_task_gives_lm_evals_accuracy(tiny_folder, tmp_path, monkeypatch, limit):
     monkeypatch.chdir(tmp_path)  # the YAML's relative data file is found from any working directory
-    model, tokenizer = load_model(tiny_folder)
+    model, tokenizer = load(tiny_folder, "float32")
     result = zero_shot(model, tokenizer, [str(TASK_YAML)], limit=limit, device="cpu", progress=False)
 
     documents = _documents()[:limit]
@@ -82,12 +81,19 @@ def test_local_task_gives_lm_evals_accuracy(tiny_folder, tmp_path, monkeypatch, 
 
 
 def test_pruned_model_changes_the_answers(tiny_folder):
-    """The bridge evaluates the in-memory weights, not a checkpoint on disk."""
-    model, tokenizer = load_model(tiny_folder)
+    """The bridge evaluates the in-memory weights, not a checkpoint on disk: after a change of the weights its
+    accuracies are those of the changed model, and no longer the dense model's."""
+    model, tokenizer = load(tiny_folder, "float32")
+    dense = zero_shot(model, tokenizer, [TASK_YAML], device="cpu", progress=False)[TASK_NAME]
+    signs = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)).sign()
     with torch.no_grad():
-        model.lm_head.weight.mul_(torch.randn_like(model.lm_head.weight).sign())
+        model.lm_head.weight.mul_(signs)
+    changed = _hand_accuracy(model, tokenizer, _documents())
     row = zero_shot(model, tokenizer, [TASK_YAML], device="cpu", progress=False)[TASK_NAME]
-    assert (row["acc"], row["acc_norm"]) == _hand_accuracy(model, tokenizer, _documents())
+    assert (row["acc"], row["acc_norm"]) == changed
+    # the change moves both accuracies (0.3125, 0.375 dense; 0.25, 0.3125 changed): equal rows would mean the
+    # bridge read the weights on disk
+    assert row["acc"] != dense["acc"] and row["acc_norm"] != dense["acc_norm"]
 
 
 def test_task_errors_say_what_to_do(tmp_path):
@@ -113,9 +119,9 @@ def test_task_errors_say_what_to_do(tmp_path):
 
 
 def test_missing_lm_eval_says_how_to_install(tiny_folder, monkeypatch):
-    model, tokenizer = load_model(tiny_folder)
+    model, tokenizer = load(tiny_folder, "float32")
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
-    with pytest.raises(EvaluationError, match=r"pip install 'secateurs\[eval\]'"):
+    with pytest.raises(MissingExtraError, match=r'pip install "secateurs\[eval\]"'):
         zero_shot(model, tokenizer, [TASK_YAML], device="cpu", progress=False)
 
 
@@ -126,17 +132,20 @@ def test_cli_eval_perplexities_and_tasks(tiny_folder, tmp_path, capsys):
     out = tmp_path / "results.json"
     common = ["--seqlen", "64", "--max-windows", "2", "--quiet", "--device", "cpu"]
     arguments = ["eval", str(tiny_folder), "--ppl", f"{first},{second}", "--tasks", str(TASK_YAML)]
+    # by default the table, for a person (on stdout)
     assert main([*arguments, "--limit", "6", "--out", str(out), *common]) == 0
-    captured = capsys.readouterr()
-    printed = json.loads(captured.out.strip().splitlines()[-1])
+    table = capsys.readouterr().out
+    assert "| evaluation | metric | value | stderr |" in table and TASK_NAME in table
+    # --json: the one-line document, the same as the results file
+    assert main([*arguments, "--limit", "6", "--out", str(out), *common, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == printed
     assert set(printed["perplexities"]) == {str(first), str(second)}
     assert printed["perplexities"][str(first)] != printed["perplexities"][str(second)]
     assert printed["tasks"][TASK_NAME]["samples"] == 6 and 0 <= printed["tasks"][TASK_NAME]["acc"] <= 1
-    assert "| evaluation | metric | value | stderr |" in captured.err and TASK_NAME in captured.err
 
     # one set: the single-value shape `secateurs eval --ppl SET` always printed, the same figure
-    assert main(["eval", str(tiny_folder), "--ppl", str(first), *common]) == 0
+    assert main(["eval", str(tiny_folder), "--ppl", str(first), *common, "--json"]) == 0
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert single["perplexity"] == pytest.approx(printed["perplexities"][str(first)], rel=1e-6)
     assert "tasks" not in single

@@ -1,6 +1,6 @@
 """Calibration and evaluation text -> token windows.
 
-Sampling follows ../shared/PROTOCOL.md (the Wanda and SparseGPT reference code): with
+Sampling follows the Wanda and SparseGPT reference code (docs/benchmarks.md, protocol Q-CPU): with
 ``random.Random(seed)``, a document corpus (C4, .jsonl) draws a random document, skips it unless it has
 more than ``seqlen`` tokens, and takes ``seqlen`` tokens from a random offset; a running text (WikiText-2,
 PTB, .txt, builtin) is tokenized once and windows are taken from random offsets.
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CalibrationError
+from .checks import check_whole
+from .errors import CalibrationError, RecipeError
 
 NAMED_SETS = ("c4", "wikitext2", "ptb", "builtin")
 
@@ -32,10 +33,32 @@ class Corpus:
     text: str | None = None
 
 
-def _from_hub(name: str, *args: str, **kwargs: str):  # noqa: ANN202
-    try:
-        from datasets import load_dataset
+@dataclass(frozen=True)
+class Calibration:
+    """What the walk calibrates on: ``nsamples`` windows of ``seqlen`` tokens from ``source`` (a named set, a
+    ``.txt``/``.jsonl`` file, or ``builtin``), drawn with ``random.Random(seed)``."""
 
+    source: str = "c4"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_whole(self.nsamples, "nsamples", 1, "128")
+        check_whole(self.seqlen, "seqlen", 2, "2048")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise RecipeError(f"{{seed}} {self.seed!r} is not a whole number: give one, e.g. 0")
+        object.__setattr__(self, "source", str(self.source))
+
+    def windows(self, corpus: Corpus, tokenizer: object) -> torch.Tensor:
+        return calibration_windows(corpus, tokenizer, self.nsamples, self.seqlen, self.seed)
+
+
+def _from_hub(name: str, *args: str, **kwargs: str):  # noqa: ANN202
+    from .extras import require
+
+    load_dataset = require("datasets").load_dataset
+    try:
         return load_dataset(*args, **kwargs)
     except Exception as error:  # datasets raises many kinds when offline or the set moved
         raise CalibrationError(

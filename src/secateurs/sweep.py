@@ -10,12 +10,13 @@ sweep resumes: a rerun with the same settings skips the points the file holds.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,19 @@ import torch
 from torch import nn
 
 from . import data as data_module
-from .api import prune
+from .data import Calibration
 from .errors import OutputError, RecipeError
-from .evaluate import perplexity
-from .models import load_model, resolve_device, resolve_dtype
+from .evaluate import Evaluation, perplexity
+from .io import load, write_json_atomic, write_text_atomic
+from .methods import method_class
+from .methods.sparsegpt import BLOCKSIZE, DAMPENING
+from .models import resolve_device, resolve_dtype
 from .patterns import parse_pattern
-from .recipe import Recipe
-from .report import machine, peak_rss_mib, versions, write_json_atomic, write_text_atomic
-from .report_md import markdown_table, new_figure
+from .pipeline import prune
+from .pipeline.options import JobOptions
+from .recipe import SparseRecipe
+from .report import Report, machine, markdown_table, peak_rss_mib, versions
+from .report.plots import new_figure, plots_available
 
 SWEEP_JSON = "sweep.json"
 SWEEP_MARKDOWN = "sweep.md"
@@ -49,9 +55,20 @@ class SweepPoint:
     pattern: str
     sparsity: float
 
-    def recipe(self, options: dict[str, Any]) -> Recipe:
+    def recipe(self, job: SweepJob) -> SparseRecipe:
+        """The point's recipe: the job's SparseGPT settings go to the methods that have them."""
+        cls = method_class(self.method)
+        names = {f.name for f in dataclasses.fields(cls)}
+        settings = {k: v for k, v in (("blocksize", job.blocksize), ("dampening", job.dampening)) if k in names}
         sparsity = self.sparsity if self.pattern == UNSTRUCTURED else None
-        return Recipe(self.method, sparsity, self.pattern, **options)
+        return SparseRecipe(
+            method=cls(**settings),
+            sparsity=sparsity,
+            pattern=self.pattern,
+            ignore=job.ignore,
+            true_sequential=job.true_sequential,
+            calibration=job.calibration,
+        )
 
     def key(self, fingerprint: str) -> str:
         """What identifies a finished point in ``sweep.json``: the point and the sweep's settings."""
@@ -135,7 +152,8 @@ def save_state(state: dict[str, Any], out: Path) -> None:
     state.update(versions=versions(), machine=machine())
     write_json_atomic(out / SWEEP_JSON, state)
     write_text_atomic(out / SWEEP_MARKDOWN, sweep_markdown(state))
-    plot_sweep(state, out / SWEEP_PLOT)
+    if plots_available():
+        plot_sweep(state, out / SWEEP_PLOT)
 
 
 def _sorted_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -169,7 +187,9 @@ def sweep_markdown(state: dict[str, Any]) -> str:
         f"Calibration: {settings['calib']}, {settings['nsamples']} x {settings['seqlen']} tokens, seed "
         f"{settings['seed']}. Evaluation: {settings['eval']}, windows of {settings['eval_seqlen']} tokens "
         f"({windows}). dtype {settings['dtype']}.",
-        f"![perplexity against sparsity]({SWEEP_PLOT})",
+        f"![perplexity against sparsity]({SWEEP_PLOT})"
+        if plots_available()
+        else '(No plot: pip install "secateurs[plots]".)',
         markdown_table(
             ["method", "pattern", "sparsity", "achieved", "perplexity", "x dense", "prune s"],
             rows,
@@ -229,18 +249,18 @@ def sweep_figure(state: dict[str, Any]) -> Any:
     return figure
 
 
-def _point_record(point: SweepPoint, key: str, report: dict[str, Any], value: float) -> dict[str, Any]:
-    notes = sorted({layer["note"] for layer in report["layers"] if "note" in layer})
+def _point_record(point: SweepPoint, key: str, report: Report, value: float) -> dict[str, Any]:
+    notes = sorted({layer.note for layer in report.layers if layer.note})
     return {
         "key": key,
         "method": point.method,
         "pattern": point.pattern,
         "sparsity": point.sparsity,
-        "achieved_sparsity": report["sparsity"],
+        "achieved_sparsity": report.sparsity,
         "perplexity": value,
-        "prune_seconds": report["prune_seconds"],
-        "walk_mode": (report.get("walk") or {}).get("mode"),
-        "device": report["device"],
+        "prune_seconds": report.prune_seconds,
+        "walk_mode": report.walk.mode if report.walk is not None else None,
+        "device": report.device,
         # ru_maxrss only grows: this is the process's peak so far, not this point's own
         "process_peak_rss_mib": peak_rss_mib(),
         "layer_notes": notes,
@@ -248,92 +268,81 @@ def _point_record(point: SweepPoint, key: str, report: dict[str, Any], value: fl
     }
 
 
-def run_sweep(
-    model_source: str,
-    out: str | Path,
-    methods: Sequence[str],
-    sparsities: Sequence[float],
-    patterns: Sequence[str],
-    *,
-    eval_dataset: str = "wikitext2",
-    eval_seqlen: int = 2048,
-    eval_windows: int | None = None,
-    calib: str = "c4",
-    nsamples: int = 128,
-    seqlen: int = 2048,
-    seed: int = 0,
-    ignore: Sequence[str] = (),
-    true_sequential: bool | None = None,
-    blocksize: int = 128,
-    dampening: float = 0.01,
-    device: str = "auto",
-    dtype: str = "float32",
-    batch_size: int | None = None,
-    overwrite: bool = False,
-    trust_pickle: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the sweep into the folder ``out`` (created if needed) and return its state (what ``sweep.json``
+@dataclass(kw_only=True)
+class SweepJob(JobOptions):
+    """Every method at every unstructured sparsity, and once per N:M pattern, from the dense ``model``; each point
+    evaluated on ``evaluation``. The recipe settings ``ignore``, ``true_sequential``, and SparseGPT's
+    ``blocksize`` and ``dampening`` apply to every point they fit."""
+
+    model: str
+    out: str | Path
+    methods: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
+    sparsities: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    patterns: tuple[str, ...] = (UNSTRUCTURED, "2:4")
+    evaluation: Evaluation = field(default_factory=lambda: Evaluation("wikitext2"))
+    calibration: Calibration = field(default_factory=Calibration)
+    ignore: tuple[str, ...] = ()
+    true_sequential: bool | None = None
+    blocksize: int = BLOCKSIZE
+    dampening: float = DAMPENING
+    batch_size: int | None = None
+    overwrite: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """What decides every point's result: a rerun with the same settings resumes the sweep."""
+        return {
+            "model": _model_identity(self.model),
+            "dtype": self.dtype,
+            "calib": self.calibration.source,
+            "nsamples": self.calibration.nsamples,
+            "seqlen": self.calibration.seqlen,
+            "seed": self.calibration.seed,
+            "eval": self.evaluation.dataset,
+            "eval_seqlen": self.evaluation.seqlen,
+            "eval_windows": self.evaluation.windows,
+            "ignore": list(self.ignore),
+            "true_sequential": self.true_sequential,
+            "blocksize": self.blocksize,
+            "dampening": self.dampening,
+            "batch_size": self.batch_size,
+        }
+
+
+def run_sweep(job: SweepJob) -> dict[str, Any]:
+    """Run the sweep into the folder ``job.out`` (created if needed) and return its state (what ``sweep.json``
     holds): ``settings``, ``dense`` perplexity, and one entry per finished point."""
-    recipe_options = {
-        "ignore": list(ignore),
-        "true_sequential": true_sequential,
-        "blocksize": blocksize,
-        "dampening": dampening,
-    }
-    points = sweep_grid(methods, sparsities, patterns)
-    recipes = {point: point.recipe(recipe_options) for point in points}  # every recipe checked before work
-    resolve_dtype(dtype)
-    torch_device = resolve_device(device)
-    settings = {
-        "model": _model_identity(model_source),
-        "dtype": dtype,
-        "calib": calib,
-        "nsamples": nsamples,
-        "seqlen": seqlen,
-        "seed": seed,
-        "eval": eval_dataset,
-        "eval_seqlen": eval_seqlen,
-        "eval_windows": eval_windows,
-        **recipe_options,
-    }
-    folder = _prepare_folder(out)
-    state = load_state(folder, settings, overwrite)
+    points = sweep_grid(job.methods, job.sparsities, job.patterns)
+    recipes = {point: point.recipe(job) for point in points}  # every recipe checked before any work
+    resolve_dtype(job.dtype)
+    device = resolve_device(job.device)
+    folder = _prepare_folder(job.out)
+    state = load_state(folder, job.settings(), job.overwrite)
     finished = {point["key"] for point in state["points"]}
     todo = [point for point in points if point.key(state["fingerprint"]) not in finished]
     if todo or state["dense"] is None:
-        _run_points(state, folder, todo, recipes, model_source, torch_device, batch_size, trust_pickle, progress)
+        _run_points(job, state, folder, todo, recipes, device)
     save_state(state, folder)
     return state
 
 
 def _run_points(
+    job: SweepJob,
     state: dict[str, Any],
     folder: Path,
     todo: list[SweepPoint],
-    recipes: dict[SweepPoint, Recipe],
-    model_source: str,
+    recipes: dict[SweepPoint, SparseRecipe],
     device: torch.device,
-    batch_size: int | None,
-    trust_pickle: bool,
-    progress: bool,
 ) -> None:
-    settings = state["settings"]
     needs_calibration = any(recipes[point].statistics is not None for point in todo)
-    corpus = data_module.load_corpus(settings["calib"]) if needs_calibration else None
-    model, tokenizer = load_model(model_source, settings["dtype"], trust_pickle=trust_pickle)
-    eval_ids = data_module.evaluation_ids(settings["eval"], tokenizer, settings["eval_seqlen"])
-    calibration = None
-    if corpus is not None:
-        calibration = data_module.calibration_windows(
-            corpus, tokenizer, settings["nsamples"], settings["seqlen"], settings["seed"]
-        )
+    corpus = data_module.load_corpus(job.calibration.source) if needs_calibration else None
+    model, tokenizer = load(job.model, job.dtype, trust_pickle=job.trust_pickle)
+    evaluation = job.evaluation
+    eval_ids = data_module.evaluation_ids(evaluation.dataset, tokenizer, evaluation.seqlen)
+    calibration = job.calibration.windows(corpus, tokenizer) if corpus is not None else None
 
     def measure(pruned: nn.Module) -> float:
         pruned.to(device)
-        value = perplexity(
-            pruned, eval_ids, settings["eval_seqlen"], settings["eval_windows"], 1, device, progress=progress
-        )
+        value = perplexity(pruned, eval_ids, evaluation.seqlen, evaluation.windows, 1, device, progress=job.progress)
         pruned.to("cpu")
         return value
 
@@ -342,7 +351,9 @@ def _run_points(
         save_state(state, folder)
     for point in todo:
         pruned = copy.deepcopy(model)  # the dense weights stay untouched for the next point
-        report = prune(pruned, recipes[point], calibration, device=device, batch_size=batch_size, progress=progress)
+        report = prune(
+            pruned, recipes[point], calibration, device=device, batch_size=job.batch_size, progress=job.progress
+        )
         record = _point_record(point, point.key(state["fingerprint"]), report, measure(pruned))
         del pruned
         state["points"].append(record)

@@ -1,4 +1,4 @@
-"""Protocol S (../shared/PROTOCOL.md): inference speed and memory, each model as a ratio to the first (dense)
+"""Protocol S (docs/benchmarks.md): inference speed and memory, each model as a ratio to the first (dense)
 model measured in the same process run, plus a per-Linear-shape microbenchmark of dense vs 2:4 matmuls.
 
 Per model: prefill (batch 8 x 512 tokens, one forward without a KV cache, logits of the last position only, as
@@ -21,12 +21,10 @@ from __future__ import annotations
 import gc
 import inspect
 import itertools
-import json
-import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SecateursError
-from ..models import find_blocks, find_targets, resolve_device, resolve_dtype
+from ..io.atomic import write_file_atomic, write_json_atomic, write_text_atomic
+from ..models import family, find_blocks, find_targets, resolve_device, resolve_dtype
 from ..patterns import NMPattern, is_nm_sparse
 from ..report import machine, peak_rss_mib, versions
+from ..report.plots import new_figure, plots_available
+from .settings import SpeedSettings
 
 PROTOCOL = "S"
-LLAMA_7B_SHAPES = ((11008, 4096), (4096, 11008))  # [out, in] of Llama-7B's up/gate and down projections
 TWO_FOUR = NMPattern(2, 4)
-
-
-@dataclass
-class SpeedSettings:
-    """Sizes and repeats of protocol S (the defaults are the protocol; tests shrink them)."""
-
-    prefill_batch: int = 8
-    prefill_seqlen: int = 512
-    prompt_tokens: int = 128
-    new_tokens: int = 128
-    repeats: int = 5
-    warmup: int = 1
-    micro_tokens: int = 4096
-    micro_shapes: list[tuple[int, int]] = field(default_factory=lambda: list(LLAMA_7B_SHAPES))
-    micro: bool = True
-    seed: int = 0
-    interleave: bool = True  # timed runs in rounds over the models held together (see run_speed)
 
 
 # ------------------------------------------------------------------------------------------- memory
@@ -139,11 +122,6 @@ def median_seconds(run: Callable[[], Any], device: torch.device, repeats: int, w
     return times
 
 
-def _cache_argument(model: nn.Module) -> str:
-    """transformers 5.24 calls the KV cache ``cache``; earlier versions ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _forward(model: nn.Module, ids: torch.Tensor, **kwargs: Any) -> Any:
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = 1  # the last position's logits only, as generation computes them
@@ -153,7 +131,7 @@ def _forward(model: nn.Module, ids: torch.Tensor, **kwargs: Any) -> Any:
 def _decode_seconds(model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device) -> float:
     """Greedy decode of ``new_tokens`` after ``prompt``, one token per step with the KV cache; only the steps
     are timed (the prompt's forward is the prefill's business)."""
-    name = _cache_argument(model)
+    name = family.cache_argument(model)
     output = _forward(model, prompt, use_cache=True)
     cache = output.get("cache", None) or output.get("past_key_values", None)
     token = output.logits[:, -1:].argmax(-1)
@@ -250,7 +228,7 @@ def _load_measured(
 ) -> _Measured:
     """Load one model, run its warm-ups and its first timed round; the row holds every figure but the speeds.
     Peak memory covers the loading, the warm-ups and that first round."""
-    from ..export.packed import is_packed, load
+    from ..io import is_packed, load
 
     memory = _Memory(device)
     memory.start()
@@ -379,7 +357,7 @@ def _sparse_kernel(
 ) -> dict[str, Any]:
     from torch.sparse import to_sparse_semi_structured
 
-    from ..export.packed import check_semi_structured, semi_structured_fits
+    from ..io.semi_structured import check_semi_structured, semi_structured_fits
 
     try:
         check_semi_structured(two_four.dtype)
@@ -546,14 +524,10 @@ def _number(value: float | None) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """A PNG bar chart: each model's ratios to the first, and the microbenchmark's speedups."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
     rows = [row for row in result["models"] if "ratio_to_first" in row]
     micro = result.get("microbenchmark") or []
-    figure, axes = plt.subplots(1, 2 if micro else 1, figsize=(13 if micro else 7, 4.5), squeeze=False)
+    figure = new_figure(13 if micro else 7, 4.5)
+    axes = figure.subplots(1, 2 if micro else 1, squeeze=False)
     keys = [
         ("prefill_tokens_per_s", "prefill tok/s"),
         ("decode_tokens_per_s", "decode tok/s"),
@@ -585,22 +559,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes[0][1].set_ylabel("speedup over dense")
         axes[0][1].set_title(f"F.linear, {micro[0]['tokens']} tokens, {micro[0]['dtype']}")
         axes[0][1].legend(fontsize=7)
-    figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    """``speed.json``, ``speed.md`` and ``speed.png`` in ``out`` (each written whole, then renamed)."""
+    """``speed.json``, ``speed.md`` and ``speed.png`` (with matplotlib) in ``out``, each written whole."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "speed.json", "markdown": out / "speed.md", "png": out / "speed.png"}
-    writers: dict[str, Callable[[Path], None]] = {
-        "json": lambda p: p.write_text(json.dumps(result, indent=2) + "\n"),
-        "markdown": lambda p: p.write_text(markdown(result)),
-        "png": lambda p: plot(result, p),
-    }
-    for kind, path in paths.items():
-        temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
-        writers[kind](temporary)
-        os.replace(temporary, path)
+    paths = {"json": write_json_atomic(out / "speed.json", result)}
+    paths["markdown"] = write_text_atomic(out / "speed.md", markdown(result))
+    if plots_available():
+        paths["png"] = write_file_atomic(out / "speed.png", lambda temporary: plot(result, temporary))
     return paths

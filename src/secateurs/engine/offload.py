@@ -2,30 +2,25 @@
 are read from the source safetensors shards when its turn comes, pruned, written, and dropped.
 
 Peak memory is about one block plus the calibration activations, whatever the model's size. The blocks
-written by the walk's state (``secateurs.checkpoint``, one safetensors file per block under the checkpoint's
-own names) become the output's shards; the tensors outside the blocks (embeddings, final norm, head) are
-copied from the source at the end. The output is an ordinary sharded checkpoint with its index.
+written by the walk's resume state (``secateurs.engine.resume``, one safetensors file per block under the
+checkpoint's own names) become the output's shards (``secateurs.io.sharded``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from .engine import available_memory
-from .errors import ModelLoadError, NumericalError, RecipeError, UnsupportedModelError
-from .models.discover import find_blocks
-from .recipe import Recipe, StructuredRecipe
-
-INDEX_NAME = "model.safetensors.index.json"
+from ..errors import ModelLoadError, NumericalError, UnsupportedModelError
+from ..io.sharded import INDEX_NAME
+from ..models.discover import find_blocks, tied_names
 
 
 def safetensors_index(folder: Path) -> dict[str, Path]:
@@ -69,7 +64,7 @@ class DiskBlocks:
     def _check_names(self) -> None:
         """Every parameter must be in the source under its own name (checkpoints that transformers converts on
         load, such as per-expert MoE tensors, cannot be streamed)."""
-        tied = _tied_names(self.model)
+        tied = tied_names(self.model)
         for name, _ in self.model.named_parameters(remove_duplicate=False):
             if name in tied:
                 continue
@@ -85,7 +80,10 @@ class DiskBlocks:
                 full = f"{prefix}.{name}"
                 tensor = shards.read(self.index[full], full).to(device=device, dtype=self.dtype)
                 if not torch.isfinite(tensor).all():
-                    raise NumericalError(f"the model's weight {full} holds NaN or Inf: the checkpoint is damaged")
+                    raise NumericalError(
+                        f"the model's weight {full} holds NaN or Inf: the checkpoint is damaged; "
+                        "download the model again, or check the files it was converted from"
+                    )
                 _set_parameter(module, name, tensor)
 
     def load(self, index: int, block: nn.Module) -> None:
@@ -116,33 +114,6 @@ class DiskBlocks:
             parameter = self.model.get_parameter(name)
             _set_parameter(self.model, name, torch.empty_like(parameter, device="meta"))
 
-    def write_output(self, out: Path, state_folder: Path, blocks_done: int) -> None:
-        """Assemble the output folder: the walk's block files as shards, the rest copied from the source."""
-        weight_map: dict[str, str] = {}
-        total = blocks_done + 1
-        for index in range(blocks_done):
-            shard = f"model-{index + 1:05d}-of-{total:05d}.safetensors"
-            source = state_folder / f"block-{index:05d}.safetensors"
-            os.link(source, out / shard) if _same_device(source, out) else shutil.copyfile(source, out / shard)
-            with safe_open(str(out / shard), framework="pt") as handle:
-                weight_map.update(dict.fromkeys(handle.keys(), shard))
-        rest_shard = f"model-{total:05d}-of-{total:05d}.safetensors"
-        rest = {}
-        block_prefix = f"{self.blocks_name}."
-        for name, file in self.index.items():
-            if not name.startswith(block_prefix):
-                with safe_open(str(file), framework="pt") as handle:
-                    rest[name] = handle.get_tensor(name).to(self.dtype).contiguous()
-        save_file(rest, str(out / rest_shard), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(rest, rest_shard))
-        size = sum((out / shard).stat().st_size for shard in set(weight_map.values()))
-        index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-        self.model.config.save_pretrained(out)
-        generation = getattr(self.model, "generation_config", None)
-        if generation is not None:
-            generation.save_pretrained(out)
-
 
 def _set_parameter(module: nn.Module, dotted: str, tensor: torch.Tensor) -> None:
     owner_name, _, name = dotted.rpartition(".")
@@ -166,23 +137,27 @@ class _Shards:
         self.handles.clear()
 
 
-def _tied_names(model: nn.Module) -> set[str]:
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, parameter in model.named_parameters(remove_duplicate=False):
-        if id(parameter) in seen:
-            tied.add(name)
-        seen.setdefault(id(parameter), name)
-    return tied
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no memory) and keep real buffers (rotary
+    tables are computed at construction), as accelerate's ``init_empty_weights(include_buffers=False)``."""
+    register = nn.Module.register_parameter
 
+    def register_on_meta(module: nn.Module, name: str, parameter: nn.Parameter | None) -> None:
+        register(module, name, parameter)
+        if parameter is not None:
+            kept = module._parameters[name]
+            module._parameters[name] = type(kept)(kept.to("meta"), requires_grad=parameter.requires_grad)
 
-def _same_device(a: Path, b: Path) -> bool:
-    return os.stat(a).st_dev == os.stat(b).st_dev
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
 
 
 def open_offloaded(source: str | Path, dtype: torch.dtype) -> tuple[nn.Module, object, Path]:
     """The model's skeleton (parameters on the meta device, buffers real), its tokenizer and its folder."""
-    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(source).expanduser()
@@ -193,43 +168,9 @@ def open_offloaded(source: str | Path, dtype: torch.dtype) -> tuple[nn.Module, o
         )
     safetensors_index(folder)  # a clear error for pickle-only or empty folders
     config = AutoConfig.from_pretrained(folder)
-    with init_empty_weights(include_buffers=False):
+    with _parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.tie_weights()  # not done on meta tensors: an untied skeleton would ask the source for a tied head
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer, folder
-
-
-def should_offload(
-    offload: str, source: str, dtype: str, recipe: Recipe | StructuredRecipe, evaluation: str | None, format: str
-) -> bool:
-    """Whether to stream the blocks from disk; refuses what an offloaded run cannot do, before any work."""
-    if offload not in ("none", "disk", "auto"):
-        raise RecipeError(f"--offload {offload!r} is not known: choose none, disk or auto")
-    if offload == "none":
-        return False
-    if offload == "auto":
-        folder = Path(source).expanduser()
-        if not folder.is_dir() or model_bytes_on_disk(folder) * _dtype_ratio(source, dtype) < 0.8 * available_memory():
-            return False
-    blockers = [
-        (isinstance(recipe, StructuredRecipe), "structured pruning rebuilds modules in memory"),
-        (evaluation is not None, "--eval needs the whole model in memory: evaluate the output with secateurs eval"),
-        (format != "hf", "--format packed needs the whole model: run secateurs pack on the output"),
-    ]
-    for blocked, why in blockers:
-        if blocked:
-            raise RecipeError(f"--offload disk: {why}")
-    return True
-
-
-def _dtype_ratio(source: str, dtype: str) -> float:
-    """Bytes in memory per byte on disk: a float32 checkpoint pruned in bfloat16 takes half."""
-    config = Path(source).expanduser() / "config.json"
-    if not config.is_file():
-        return 1.0
-    document = json.loads(config.read_text())
-    stored = document.get("dtype") or document.get("torch_dtype")
-    sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
-    return sizes.get(dtype, 4) / sizes.get(str(stored), 4)

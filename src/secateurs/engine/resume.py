@@ -21,7 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ResumeError
+from ..errors import ResumeError
+from ..io.atomic import write_text_atomic
+from ..models.discover import tied_names, untied
+from ..report.schema import LayerRecord
+from ..report.serialize import from_json_value, to_json_value
 
 STATE_VERSION = 1
 
@@ -102,10 +106,10 @@ def _sha256(path: Path) -> str:
 class WalkState:
     """What the walk saves after each block and restores on ``--resume`` (see the module docstring)."""
 
-    def __init__(self, folder: Path, fingerprint: str, layers: list[dict[str, Any]]) -> None:
+    def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder = folder
         self.fingerprint = fingerprint
-        self.layers = layers  # the report's layer entries, appended to by the solve step
+        self.layers: list[LayerRecord] = []  # the report's layer records, appended to by the solve step
         self.blocks_done = 0
         self.files: dict[str, str] = {}
         self.extra: dict[str, Any] = {}
@@ -123,7 +127,7 @@ class WalkState:
         block_file = f"block-{index:05d}.safetensors"
         inputs_file = f"inputs-{index + 1:05d}.safetensors"
         tensors = {f"{prefix}.{name}": t.detach().cpu().contiguous() for name, t in block.state_dict().items()}
-        save_file(_untied(tensors), str(self.folder / block_file), metadata={"format": "pt"})
+        save_file(untied(tensors), str(self.folder / block_file), metadata={"format": "pt"})
         save_tensors_streaming({f"batch.{j:05d}": h for j, h in enumerate(hidden)}, self.folder / inputs_file)
         previous_inputs = f"inputs-{index:05d}.safetensors"
         self.files.pop(previous_inputs, None)
@@ -140,12 +144,10 @@ class WalkState:
             "fingerprint": self.fingerprint,
             "blocks_done": self.blocks_done,
             "files": self.files,
-            "layers": self.layers,
+            "layers": to_json_value(self.layers),
             "extra": self.extra,
         }
-        temporary = self.folder / "state.json.tmp"
-        temporary.write_text(json.dumps(document))
-        os.replace(temporary, self.folder / "state.json")
+        write_text_atomic(self.folder / "state.json", json.dumps(document))
 
     def finish(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -177,8 +179,22 @@ class WalkState:
                 raise ResumeError(f"{file} is missing or damaged (checksum): run without --resume to start over")
         self.blocks_done = document["blocks_done"]
         self.files = document["files"]
-        self.layers[:] = document["layers"]
+        self.layers[:] = from_json_value(list[LayerRecord], document["layers"])
         self.extra = document.get("extra", {})
+
+    def resume(self, blocks: nn.ModuleList, streams: list[list[torch.Tensor]]) -> int:
+        """Load an interrupted run's finished blocks and the next block's inputs into ``streams`` (the pruned
+        stream's batches, then any stream walking beside it); returns the first block to walk (0: none done)."""
+        if not self.blocks_done:
+            return 0
+        saved = self.restore(blocks, load_blocks=self.extra.get("restore_blocks", True))
+        if saved is not None:
+            device = streams[0][0].device
+            if [tuple(h.shape) for h in saved] != [tuple(h.shape) for stream in streams for h in stream]:
+                raise ResumeError("the saved calibration inputs do not match this run's batches: run without --resume")
+            for stream in streams:
+                stream[:], saved = [h.to(device) for h in saved[: len(stream)]], saved[len(stream) :]
+        return self.blocks_done
 
     def restore(self, blocks: nn.ModuleList, load_blocks: bool = True) -> list[torch.Tensor] | None:
         """Load the finished blocks' tensors into ``blocks`` (unless they stay on disk, offloaded); returns the
@@ -187,7 +203,7 @@ class WalkState:
             saved = load_file(str(self.folder / f"block-{index:05d}.safetensors"))
             tensors = {_relative(name, index): t for name, t in saved.items()}
             missing, unexpected = blocks[index].load_state_dict(tensors, strict=False)
-            if unexpected or any(name not in _tied_names(blocks[index]) for name in missing):
+            if unexpected or any(name not in tied_names(blocks[index]) for name in missing):
                 raise ResumeError(f"the saved block {index} does not fit the model: run without --resume")
         if self.blocks_done == 0:
             return None
@@ -199,23 +215,6 @@ def _relative(name: str, index: int) -> str:
     """``model.layers.3.mlp.up_proj.weight`` -> ``mlp.up_proj.weight`` (the block's own name)."""
     marker = f".{index}."
     return name.split(marker, 1)[1]
-
-
-def _untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory: keep the first name of each storage."""
-    seen: set[tuple[int, int]] = set()
-    kept = {}
-    for name, tensor in tensors.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if key not in seen:
-            seen.add(key)
-            kept[name] = tensor
-    return kept
-
-
-def _tied_names(block: nn.Module) -> set[str]:
-    tensors = block.state_dict()
-    return set(tensors) - set(_untied(tensors))
 
 
 def _crash_for_tests(index: int) -> None:

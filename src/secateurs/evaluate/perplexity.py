@@ -1,9 +1,8 @@
-"""Perplexity as in the Wanda/SparseGPT papers and ../shared/PROTOCOL.md: non-overlapping windows of
-``seqlen`` tokens, perplexity = exp(mean over windows of the window's mean next-token NLL)."""
+"""Perplexity as in the Wanda/SparseGPT papers (and the benchmark protocols, docs/benchmarks.md): non-overlapping
+windows of ``seqlen`` tokens, perplexity = exp(mean over windows of the window's mean next-token NLL)."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models import family
 from ..models.discover import check_token_ids
 
 
@@ -21,7 +21,7 @@ def window_nll(model: nn.Module, windows: torch.Tensor, chunk: int) -> torch.Ten
     are ``batch x chunk x vocab`` rather than the whole window's: the same result, a fraction of the memory.
     """
     batch, seqlen = windows.shape
-    cache_argument = _cache_argument(model)
+    cache_argument = family.cache_argument(model)
     total = torch.zeros(batch, dtype=torch.float64)
     cache = None
     previous_logit = None
@@ -42,11 +42,6 @@ def window_nll(model: nn.Module, windows: torch.Tensor, chunk: int) -> torch.Ten
         previous_logit = logits[:, -1:]
         del output, logits, predicted
     return total / (seqlen - 1)
-
-
-def _cache_argument(model: nn.Module) -> str:
-    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def perplexity(

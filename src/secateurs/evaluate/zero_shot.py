@@ -1,4 +1,4 @@
-"""Zero-shot accuracy through lm-eval-harness (the optional extra ``secateurs[eval]``).
+"""Zero-shot accuracy through lm-eval-harness (the ``[eval]`` extra).
 
 The in-memory model is wrapped in lm-eval's ``HFLM`` (no checkpoint is written) and lm-eval computes every
 figure: a task is a name from lm-eval's registry (``boolq``, ``arc_easy``... whose data come from the
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import EvaluationError
+from ..extras import require
 from ..models.load import check_causal_lm, resolve_device
 
 # The seven zero-shot tasks of the Wanda and SparseGPT papers.
@@ -27,14 +28,8 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def _lm_eval() -> Any:
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM  # noqa: F401  (fails early when torch/transformers clash)
-    except ImportError as error:
-        raise EvaluationError(
-            f"zero-shot tasks need lm-eval 0.4.10 or later ({error}): install it with pip install 'secateurs[eval]'"
-        ) from error
-    return lm_eval
+    require("lm_eval.models.huggingface")  # fails early when torch/transformers clash with lm-eval
+    return require("lm_eval")
 
 
 def is_task_file(task: str | Path) -> bool:

@@ -1,12 +1,10 @@
-"""Hugging Face checkpoints, written atomically: a temporary sibling folder, renamed when complete, so an
-interrupted run never leaves a folder that looks like a model."""
+"""Hugging Face checkpoints, written atomically (``secateurs.io.atomic``): a temporary sibling folder, renamed
+when complete, so an interrupted run never leaves a folder that looks like a model. Every checkpoint folder holds
+its report: ``secateurs.json`` and ``report.md``."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,53 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import OutputError
-from ..report_md import write_markdown_report
-
-REPORT_NAME = "secateurs.json"
-
-
-def check_output_folder(out: str | Path, overwrite: bool = False, source: str | Path | None = None) -> Path:
-    """Refuse, before any work, an output that would lose data or cannot be written."""
-    out = Path(out).expanduser().resolve()
-    if source is not None:
-        source_path = Path(source).expanduser().resolve()
-        source_folder = source_path.parent if source_path.is_file() else source_path
-        if out == source_folder or out == source_path:
-            raise OutputError(f"output {out} is the input model's folder: choose another --out")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} is a file: choose a folder path for --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"output folder {out} is not empty: choose another --out, or pass --overwrite")
-    parent = out.parent
-    if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist: create it first, or choose another --out")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write in {parent}: choose a writable place for --out")
-    return out
-
-
-def write_folder_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
-    """Call ``fill(folder)`` on a temporary sibling of ``out``, then put it in place of ``out``: an error or
-    an interruption leaves nothing behind (``out`` is checked by ``check_output_folder`` first)."""
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        partial.mkdir()
-        fill(partial)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(partial, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(partial, out)
-    except OSError as error:
-        raise OutputError(
-            f"could not write {out}: {error.strerror or error}: free space or choose another --out"
-        ) from error
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return out
+from ..report import REPORT_NAME, Report, peak_rss_mib, write_markdown_report
+from .atomic import check_output_folder, write_folder_atomically
 
 
 def verify_saved(folder: Path, model: nn.Module) -> None:
@@ -98,26 +51,34 @@ def verify_saved(folder: Path, model: nn.Module) -> None:
         )
 
 
+def write_report(folder: Path, report: Report | None, started: float) -> None:
+    """``secateurs.json`` and ``report.md`` into ``folder``, the last files of a checkpoint: the report gets the
+    save's own figures (its seconds since ``started``, the weight files' bytes, the peak memory so far)."""
+    if report is None:
+        return
+    report.seconds["save"] = round(time.perf_counter() - started, 3)
+    report.weight_file_bytes = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+    report.peak_rss_mib = max(report.peak_rss_mib or 0.0, peak_rss_mib())
+    (folder / REPORT_NAME).write_text(report.to_json())
+    write_markdown_report(report, folder)
+
+
 def save_checkpoint(
     model: nn.Module,
     tokenizer: Any,
     out: str | Path,
-    report: dict[str, Any],
+    report: Report | None = None,
     overwrite: bool = False,
-    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``model`` (safetensors), ``tokenizer``, the report ``secateurs.json`` and its readable form
-    ``report.md`` (with its plots) to ``out``."""
+    """Write ``model`` (safetensors), ``tokenizer`` and the report to ``out``, checked by reading it back."""
     out = check_output_folder(out, overwrite)
+    started = time.perf_counter()
 
     def fill(partial: Path) -> None:
         model.save_pretrained(partial)
         if tokenizer is not None:
             tokenizer.save_pretrained(partial)
-        (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown_report(report, partial)
-        if extra is not None:  # more files of the caller's (plots), inside the same atomic write
-            extra(partial)
         verify_saved(partial, model)
+        write_report(partial, report, started)
 
     return write_folder_atomically(out, fill)

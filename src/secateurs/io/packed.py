@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,17 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import (
-    ModelLoadError,
-    OutputError,
-    PackedFormatError,
-    PatternViolationError,
-    RecipeError,
-    SemiStructuredError,
-)
+from ..errors import ModelLoadError, OutputError, PackedFormatError, PatternViolationError, RecipeError
 from ..models import find_blocks, find_targets, load_model, resolve_dtype
+from ..models.discover import tied_names
 from ..patterns import NMPattern, is_nm_sparse, parse_pattern
-from .hf import REPORT_NAME, check_output_folder, save_checkpoint, write_folder_atomically
+from ..report import REPORT_NAME, Report
+from .atomic import check_output_folder, write_folder_atomically
+from .hf import save_checkpoint, write_report
 
 FORMAT = "secateurs-packed"
 VERSION = 1
@@ -55,7 +51,6 @@ SECTION = "secateurs"
 WEIGHTS_NAME = "packed.safetensors"
 VALUES, BITMASK, INDICES = "::values", "::bitmask", "::indices"
 ENCODINGS = ("dense", "bitmask", "nm")
-SEMI_STRUCTURED = NMPattern(2, 4)
 # Files of a source folder that a packed folder replaces (weights, their index, pickles, the config).
 _NOT_COPIED = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.pt", "*.pth", "*.ckpt", "config.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -236,13 +231,8 @@ def _from_matrix(matrix: torch.Tensor, shape: list[int], transposed: bool) -> to
 
 def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict without the second name of tied weights (``lm_head`` tied to the embeddings)."""
-    seen: set[int] = set()
-    state = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            state[name] = tensor.detach()
-    return state
+    tied = tied_names(model)
+    return {name: tensor.detach() for name, tensor in model.state_dict(keep_vars=True).items() if name not in tied}
 
 
 def _pruned_weights(model: nn.Module, ignore: list[str]) -> dict[str, tuple[bool, bool]]:
@@ -290,15 +280,6 @@ def choose_encoding(matrix: torch.Tensor, pattern: NMPattern | None, applies: bo
     kept = int(_nonzero_bits(matrix).sum())
     smaller = bitmask_bytes(matrix.numel(), kept, matrix.element_size()) < matrix.numel() * matrix.element_size()
     return "bitmask" if smaller else "dense"
-
-
-def _declared(
-    pattern: str | None, ignore: list[str] | None, report: dict[str, Any]
-) -> tuple[NMPattern | None, list[str]]:
-    """The pattern and ignore globs: as given, else the report's recipe (a pruned model's own), else none."""
-    recipe = report.get("recipe") or {}
-    nm = parse_pattern(pattern if pattern is not None else str(recipe.get("pattern", "unstructured")))
-    return nm, list(ignore if ignore is not None else recipe.get("ignore", []))
 
 
 def encode_state(
@@ -353,29 +334,25 @@ def save_packed(
     model: nn.Module,
     tokenizer: Any,
     out: str | Path,
-    report: dict[str, Any] | None = None,
+    report: Report | None = None,
     *,
-    pattern: str | None = None,
-    ignore: list[str] | None = None,
+    pattern: str = "unstructured",
+    ignore: tuple[str, ...] | list[str] = (),
     overwrite: bool = False,
     copy_files_from: Path | None = None,
 ) -> Path:
     """Write ``model`` as a packed checkpoint to ``out`` (atomically: nothing is left behind on error).
 
     ``pattern``: ``"2:4"``, ``"4:8"``... stores the pruned weights that satisfy it as N:M (one that the
-    pattern applies to but does not satisfy is a PatternViolationError), ``"unstructured"`` stores bitmasks;
-    None takes the report's recipe. ``ignore``: globs of weights the pattern does not apply to (None: the
-    recipe's). ``copy_files_from``: a source folder whose tokenizer and other non-weight files are copied
-    (else ``tokenizer`` is saved).
+    pattern applies to but does not satisfy is a PatternViolationError), ``"unstructured"`` stores bitmasks.
+    ``ignore``: globs of weights the pattern does not apply to. ``copy_files_from``: a source folder whose
+    tokenizer and other non-weight files are copied (else ``tokenizer`` is saved).
     """
-    from safetensors.torch import save_file
-
-    report = report or {}
     out = check_output_folder(out, overwrite, source=copy_files_from)
-    nm, ignore = _declared(pattern, ignore, report)
+    nm = parse_pattern(pattern)
+    started = time.perf_counter()
 
     def fill(partial: Path) -> None:
-        tensors, described = encode_state(model, nm, ignore)
         if copy_files_from is not None:
             _copy_side_files(copy_files_from, partial)
         elif tokenizer is not None:
@@ -383,22 +360,40 @@ def save_packed(
         generation = getattr(model, "generation_config", None)
         if generation is not None and not (partial / "generation_config.json").exists():
             generation.save_pretrained(partial)
-        save_file(tensors, str(partial / WEIGHTS_NAME), metadata={"format": "pt", SECTION: f"{FORMAT} {VERSION}"})
-        model.config.save_pretrained(partial)
-        config = json.loads((partial / "config.json").read_text())
-        config["dtype"] = _main_dtype(described)
-        config[SECTION] = {
-            "format": FORMAT,
-            "version": VERSION,
-            "weights": WEIGHTS_NAME,
-            "dtype": config["dtype"],
-            "pattern": str(nm) if nm is not None else "unstructured",
-            "tensors": described,
-        }
-        (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        _write_packed(model, partial, nm, list(ignore))
+        verify_packed(partial, model)
+        write_report(partial, report, started)
 
     return write_folder_atomically(out, fill)
+
+
+def _write_packed(model: nn.Module, folder: Path, nm: NMPattern | None, ignore: list[str]) -> None:
+    """The weights file and the config with its ``secateurs`` section (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    tensors, described = encode_state(model, nm, ignore)
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", SECTION: f"{FORMAT} {VERSION}"})
+    model.config.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["dtype"] = _main_dtype(described)
+    config[SECTION] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "weights": WEIGHTS_NAME,
+        "dtype": config["dtype"],
+        "pattern": str(nm) if nm is not None else "unstructured",
+        "tensors": described,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def verify_packed(folder: Path, model: nn.Module) -> None:
+    """Decode every tensor written to ``folder``, one at a time, and compare it with the model's: a short write
+    (a full disk, a dying drive) is caught before the folder takes its final name."""
+    expected = _unique_state(model)
+    for name, tensor in decode_tensors(folder, read_description(folder)[1]):
+        if name in expected and not torch.equal(tensor, expected[name].cpu()):
+            raise OutputError(f"{WEIGHTS_NAME} does not hold {name} as written: check the disk, and run again")
 
 
 def _copy_side_files(source: Path, destination: Path) -> None:
@@ -411,24 +406,38 @@ def pack(
     source: str | Path,
     out: str | Path,
     *,
-    pattern: str | None = None,
-    ignore: list[str] | None = None,
+    pattern: str = "unstructured",
+    ignore: tuple[str, ...] | list[str] = (),
     overwrite: bool = False,
 ) -> Path:
-    """Pack the HF folder ``source`` (a pruned model, in its own dtype) into ``out``. ``pattern``/``ignore``
-    as in ``save_packed``; None reads them from ``source/secateurs.json`` when a secateurs run wrote it."""
+    """Pack the HF folder ``source`` (a pruned model, in its own dtype) into ``out``, its report copied.
+    ``pattern``/``ignore`` as in ``save_packed``."""
     folder = Path(source).expanduser()
     check_output_folder(out, overwrite, source=folder)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} is not a Hugging Face model folder (no config.json): give the pruned folder")
     if is_packed(folder):
         raise OutputError(f"{folder} is already packed: give an ordinary Hugging Face folder, or unpack it first")
-    report_path = folder / REPORT_NAME
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     model, tokenizer = load_model(folder, checkpoint_dtype(folder))
     return save_packed(
-        model, tokenizer, out, report, pattern=pattern, ignore=ignore, overwrite=overwrite, copy_files_from=folder
+        model,
+        tokenizer,
+        out,
+        source_report(folder),
+        pattern=pattern,
+        ignore=ignore,
+        overwrite=overwrite,
+        copy_files_from=folder,
     )
+
+
+def source_report(folder: Path) -> Report | None:
+    """The report a secateurs run left in ``folder``, carried over to what is made of it (None: none, or one this
+    version cannot read)."""
+    try:
+        return Report.read(folder / REPORT_NAME)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def checkpoint_dtype(folder: Path) -> torch.dtype:
@@ -633,37 +642,18 @@ def _fill_model(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], d
         )
 
 
-def load(
-    folder: str | Path, semi_structured: bool = False, dtype: str | torch.dtype | None = None
-) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` from a packed folder (or any source ``load_model`` reads): an ordinary transformers
-    model with bit-identical weights, on the CPU, in the stored dtype unless ``dtype`` is given; tokenizer None
-    when the folder has none.
+def load_packed(folder: Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` from the packed ``folder``: an ordinary transformers model with bit-identical
+    weights, on the CPU, in the stored dtype unless ``dtype`` is given; tokenizer None when the folder has none."""
+    config, section = read_description(folder)
+    model = _build_model(config, dtype or _torch_dtype(section.get("dtype", "float32")))
+    _fill_model(model, decode_tensors(folder, section), dtype)
+    return model, _load_side_files(model, folder)
 
-    ``semi_structured``: on a CUDA GPU of compute capability 8.0+ in float16/bfloat16, move the model to the GPU
-    and replace every 2:4 Linear weight of the decoder blocks with a ``torch.sparse`` semi-structured tensor,
-    so its matmuls run on sparse tensor cores; anywhere else a SemiStructuredError says why not.
-    """
-    path = Path(folder).expanduser()
-    torch_dtype = resolve_dtype(dtype) if dtype is not None else None
-    packed = path.is_dir() and is_packed(path)
-    if packed:
-        config, section = read_description(path)
-        stored_dtype = _torch_dtype(section.get("dtype", "float32"))
-    else:
-        stored_dtype = checkpoint_dtype(path) if path.is_dir() else torch.float32
-    if semi_structured:
-        check_semi_structured(torch_dtype or stored_dtype)
-    if not packed:
-        model, tokenizer = load_model(path if path.exists() else str(folder), torch_dtype or stored_dtype)
-    else:
-        model = _build_model(config, torch_dtype or stored_dtype)
-        _fill_model(model, decode_tensors(path, section), torch_dtype)
-        tokenizer = _load_side_files(model, path)
-    if semi_structured:
-        model.to("cuda")
-        to_semi_structured(model)
-    return model, tokenizer
+
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The dtype a packed folder's model is built in."""
+    return _torch_dtype(read_description(folder)[1].get("dtype", "float32"))
 
 
 def _load_side_files(model: nn.Module, folder: Path) -> Any:
@@ -687,10 +677,8 @@ def unpack(
     out_path = check_output_folder(out, overwrite, source=folder)
     if not is_packed(folder):
         raise PackedFormatError(f"{folder} is not a packed checkpoint (no '{SECTION}' section in its config.json)")
-    model, tokenizer = load(folder, dtype=dtype)
-    report_path = folder / REPORT_NAME
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    return save_checkpoint(model, tokenizer, out_path, report, overwrite)
+    model, tokenizer = load_packed(folder, resolve_dtype(dtype) if dtype is not None else None)
+    return save_checkpoint(model, tokenizer, out_path, source_report(folder), overwrite)
 
 
 def packed_sizes(folder: str | Path) -> dict[str, int]:
@@ -719,64 +707,3 @@ def packed_sizes(folder: str | Path) -> dict[str, int]:
                     count *= size
                 sizes["packed"] += count * (itemsize if part.endswith(VALUES) else 1)
     return sizes
-
-
-# ------------------------------------------------------------------------------ semi-structured 2:4
-
-
-def check_semi_structured(dtype: torch.dtype) -> None:
-    """Raise SemiStructuredError unless 2:4 sparse tensor-core kernels can run here in ``dtype``."""
-    if not torch.cuda.is_available():
-        raise SemiStructuredError(
-            "semi_structured=True runs 2:4 weights on sparse tensor cores, which need an NVIDIA GPU of compute "
-            "capability 8.0 or newer; this machine has no usable CUDA device: load without semi_structured (the "
-            "weights stay dense, the results are the same)"
-        )
-    major, minor = torch.cuda.get_device_capability()
-    if (major, minor) < (8, 0):
-        raise SemiStructuredError(
-            f"semi_structured=True needs sparse tensor cores (compute capability 8.0+, e.g. A100, H100); "
-            f"{torch.cuda.get_device_name()} has {major}.{minor}: load without semi_structured"
-        )
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise SemiStructuredError(
-            f"semi_structured=True runs float16 or bfloat16 matmuls but the model would be {_dtype_name(dtype)}: "
-            "pass dtype=torch.float16 (or bfloat16)"
-        )
-
-
-def semi_structured_fits(rows: int, columns: int) -> bool:
-    """Whether a 16-bit weight's shape suits both PyTorch backends (CUTLASS: multiples of 32 x 64)."""
-    return rows >= 32 and columns >= 64 and rows % 32 == 0 and columns % 64 == 0
-
-
-def to_semi_structured(model: nn.Module) -> list[str]:
-    """Replace every 2:4 ``nn.Linear`` weight of the decoder blocks (on CUDA) with a semi-structured sparse
-    tensor; returns their names. Conv1D and fused-expert weights stay dense (no sparse kernel for them)."""
-    from torch.sparse import to_sparse_semi_structured
-
-    prefix, blocks = find_blocks(model)
-    swapped, unfit = [], []
-    for index, block in enumerate(blocks):
-        for target in find_targets(block, f"{prefix}.{index}"):
-            module = target.module
-            if not isinstance(module, nn.Linear) or not is_nm_sparse(module.weight.data, SEMI_STRUCTURED):
-                continue
-            if not semi_structured_fits(*module.weight.shape):
-                unfit.append(target.name)
-                continue
-            sparse = to_sparse_semi_structured(module.weight.data.contiguous())
-            module.weight = nn.Parameter(sparse, requires_grad=False)
-            swapped.append(target.name)
-    if unfit:
-        warnings.warn(
-            f"{len(unfit)} 2:4 Linear weights ({unfit[0]} ...) have shapes the sparse kernels do not take "
-            "(multiples of 32 x 64): they stay dense",
-            stacklevel=2,
-        )
-    if not swapped:
-        raise SemiStructuredError(
-            "no Linear weight of the decoder blocks is 2:4 sparse (with a shape the kernels take), so there is "
-            "nothing to run on sparse tensor cores: prune with --pattern 2:4"
-        )
-    return swapped

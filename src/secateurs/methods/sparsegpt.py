@@ -13,10 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..patterns import NMPattern, lowest_mask
+from ..checks import check_positive, check_whole
+from ..errors import RecipeError
+from ..patterns import NMPattern, check_nm_columns, lowest_mask
+from .base import HESSIAN, LayerPlan, Method, Solution, register_method
+
+BLOCKSIZE = 128  # columns per lazy batch of the OBS sweep, as the paper
+DAMPENING = 0.01  # lambda, the fraction of mean(diag H) added to H's diagonal, as the paper
 
 # saliency(current weights of some columns [out, k], their [H^-1]_jj [k], their columns in the layer) -> importance,
 # higher is kept.
@@ -69,8 +76,8 @@ def sparsegpt_prune(
     hessian: torch.Tensor,
     sparsity: float,
     pattern: NMPattern | None = None,
-    blocksize: int = 128,
-    dampening: float = 0.01,
+    blocksize: int = BLOCKSIZE,
+    dampening: float = DAMPENING,
     mask: torch.Tensor | None = None,
     saliency: Saliency = obs_saliency,
 ) -> SparseGPTResult:
@@ -109,24 +116,8 @@ def sparsegpt_prune(
         for a in range(0, end - start, step):
             b = min(a + step, end - start)
             if mask is None and pattern is not None:
-                for g in range(a, b, pattern.m):
-                    group = saliency(
-                        W1[:, g : g + pattern.m], diagonal[g : g + pattern.m], slice(start + g, start + g + pattern.m)
-                    )
-                    dropped = torch.sort(group, dim=1, stable=True).indices[:, : pattern.m - pattern.n]
-                    keep[:, g : g + pattern.m].scatter_(1, dropped, False)
-            # Column-major copies: each step below reads and updates contiguous rows.
-            sub = W1[:, a:b].t().contiguous()
-            removed = (~keep[:, a:b]).t().contiguous()
-            sub_errors = torch.empty_like(sub)
-            for i in range(b - a):
-                # OBS: removing w costs w / [H^-1]_ii along row i of the factor; the column itself ends at 0.
-                error = sub[i] * removed[i] / diagonal[a + i]
-                sub[i:].addr_(Hinv1[a + i, a:b][i:], error, alpha=-1)
-                sub_errors[i] = error
-            W1[:, a:b] = sub.t()
-            errors[:, a:b] = sub_errors.t()
-            W1[:, b:] -= errors[:, a:b] @ Hinv1[a:b, b:]
+                _choose_nm(keep, W1, diagonal, slice(a, b), start, pattern, saliency)
+            _sweep(W1, Hinv1, keep, errors, a, b)
         W1.mul_(keep)  # pruned entries are exactly zero (the update leaves rounding residue there)
         W[:, start:end] = W1
         kept[:, start:end] = keep
@@ -134,7 +125,87 @@ def sparsegpt_prune(
     return SparseGPTResult(W, kept, used, int(dead.sum()))
 
 
+def _choose_nm(
+    keep: torch.Tensor,
+    W1: torch.Tensor,
+    diagonal: torch.Tensor,
+    columns: slice,
+    start: int,
+    pattern: NMPattern,
+    saliency: Saliency,
+) -> None:
+    """N:M inside the sub-block ``columns`` of the block starting at column ``start``: each group of M drops its
+    M - N lowest saliencies, measured on the weights as the sweep has updated them so far."""
+    m = pattern.m
+    for g in range(columns.start, columns.stop, m):
+        group = saliency(W1[:, g : g + m], diagonal[g : g + m], slice(start + g, start + g + m))
+        dropped = torch.sort(group, dim=1, stable=True).indices[:, : m - pattern.n]
+        keep[:, g : g + m].scatter_(1, dropped, False)
+
+
+def _sweep(W1: torch.Tensor, Hinv1: torch.Tensor, keep: torch.Tensor, errors: torch.Tensor, a: int, b: int) -> None:
+    """Columns a..b of the block one by one (OBS), then their errors onto the block's later columns at once."""
+    diagonal = torch.diag(Hinv1)
+    # Column-major copies: each step below reads and updates contiguous rows.
+    sub = W1[:, a:b].t().contiguous()
+    removed = (~keep[:, a:b]).t().contiguous()
+    sub_errors = torch.empty_like(sub)
+    for i in range(b - a):
+        # OBS: removing w costs w / [H^-1]_ii along row i of the factor; the column itself ends at 0.
+        error = sub[i] * removed[i] / diagonal[a + i]
+        sub[i:].addr_(Hinv1[a + i, a:b][i:], error, alpha=-1)
+        sub_errors[i] = error
+    W1[:, a:b] = sub.t()
+    errors[:, a:b] = sub_errors.t()
+    W1[:, b:] -= errors[:, a:b] @ Hinv1[a:b, b:]
+
+
 def _sub_block(pattern: NMPattern | None, columns: int = 16) -> int:
     """Columns swept one by one between two batched updates: about ``columns``, whole N:M groups."""
     m = 1 if pattern is None else pattern.m
     return m * max(1, -(-columns // m))
+
+
+@dataclass(frozen=True)
+class ObsSettings:
+    """The OBS sweep's settings, shared by SparseGPT and the OBS updates of a score's mask (``update``)."""
+
+    blocksize: int = BLOCKSIZE
+    dampening: float = DAMPENING
+
+    def __post_init__(self) -> None:
+        check_whole(self.blocksize, "blocksize", 1, "128")
+        check_positive(self.dampening, "dampening", "0.01")
+
+    def check_pattern(self, pattern: NMPattern | None) -> None:
+        if pattern is not None and self.blocksize % pattern.m:
+            raise RecipeError(
+                f"{{blocksize}} {self.blocksize} splits the groups of pattern {pattern}: give a multiple of "
+                f"M={pattern.m}, e.g. 128"
+            )
+
+    def sweep(self, weight: torch.Tensor, statistics: Any, plan: LayerPlan, **choice: Any) -> Solution:
+        """``sparsegpt_prune`` on the layer's Hessian at the plan's sparsity and pattern; ``choice``: a fixed
+        ``mask`` or a ``saliency`` (default SparseGPT's own)."""
+        if plan.pattern is not None:
+            check_nm_columns(weight.shape[1], plan.pattern)
+        hessian = statistics.hessian.to(weight.device)
+        result = sparsegpt_prune(weight, hessian, plan.sparsity, plan.pattern, self.blocksize, self.dampening, **choice)
+        raised = result.dampening if result.dampening != self.dampening else None
+        return Solution(result.mask, result.weight, raised, result.dead_inputs)
+
+
+@register_method
+@dataclass(frozen=True)
+class SparseGPT(ObsSettings, Method):
+    """The OBS saliency chooses the mask per column block (or per M columns) and the kept weights are updated."""
+
+    name: ClassVar[str] = "sparsegpt"
+    statistics: ClassVar[str | None] = HESSIAN
+    sequential: ClassVar[bool] = True
+
+    def check(self, pattern: NMPattern | None, updated: bool) -> None:
+        self.check_pattern(pattern)
+
+    def prune(self, weight: torch.Tensor, statistics: Any, plan: LayerPlan) -> Solution:
+        return self.sweep(weight, statistics, plan)

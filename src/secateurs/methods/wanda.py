@@ -6,7 +6,14 @@ scores are compared within each output row (``Method.per_row``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
+
+from ..errors import RecipeError
+from ..patterns import NMPattern
+from .base import NORMS, LayerPlan, ScoreMethod, Solution, register_method
 
 
 def score(weight: torch.Tensor, input_sum_squares: torch.Tensor | None) -> torch.Tensor:
@@ -44,3 +51,28 @@ def variant_mask(score: torch.Tensor, sparsity: float, tolerance: float = 0.001)
         alpha = (low + high) / 2
         keep, achieved = mask_for(alpha)
     return keep
+
+
+@register_method
+@dataclass(frozen=True)
+class Wanda(ScoreMethod):
+    """|W_ij| * ||X_j||, compared per output row; ``variant``: the paper's per-row cumulative threshold."""
+
+    name: ClassVar[str] = "wanda"
+    statistics: ClassVar[str | None] = NORMS
+    per_row: ClassVar[bool] = True
+    variant: bool = False
+
+    def score(self, weight: torch.Tensor, input_sum_squares: torch.Tensor | None) -> torch.Tensor:
+        return score(weight, input_sum_squares)
+
+    def prune(self, weight: torch.Tensor, statistics: Any, plan: LayerPlan) -> Solution:
+        if not self.variant:
+            return super().prune(weight, statistics, plan)
+        return Solution(variant_mask(self.score(weight, self.input_sum_squares(statistics)), plan.sparsity))
+
+    def check(self, pattern: NMPattern | None, updated: bool) -> None:
+        if self.variant and (pattern is not None or updated):
+            raise RecipeError(
+                "{variant} is Wanda's per-row threshold search: it needs unstructured sparsity and no OBS update"
+            )

@@ -88,3 +88,28 @@ def check_token_ids(model: nn.Module, ids: torch.Tensor) -> None:
             f"token id {bad} is outside the model's embedding of {rows} rows: the text was tokenized with a "
             "tokenizer that does not belong to this model; use the model's own tokenizer (the one saved with it)"
         )
+
+
+def tied_names(module: nn.Module) -> set[str]:
+    """The names under which a parameter seen under an earlier name appears again (tied weights: ``lm_head``
+    tied to the embeddings). By identity, so it holds on the meta device too."""
+    seen: set[int] = set()
+    tied = set()
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        if id(parameter) in seen:
+            tied.add(name)
+        seen.add(id(parameter))
+    return tied
+
+
+def untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` less every one whose memory an earlier one holds (safetensors refuses tensors that share
+    memory): the first name of each storage is kept."""
+    seen: set[tuple[int, int]] = set()
+    kept = {}
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            kept[name] = tensor
+    return kept

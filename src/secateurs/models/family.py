@@ -1,17 +1,18 @@
-"""Where the channels and heads of a decoder block live, and how to cut them out.
+"""What secateurs knows of model families, in one place: the answers discovery cannot give.
 
-Unstructured pruning needs no names; structured pruning must know which Linears share a dimension: an MLP's
-up-like projections (gate/up, fc1) produce the intermediate channels its down projection (down, fc2) reads,
-and attention's q/k/v produce the heads its output projection reads. These names cannot be discovered from
-shapes alone (Phi3's fused qkv has as many rows as its MLP's intermediate size in small configs), so they
-are listed here, the one place that knows model-specific names (a layout per block, as SliceGPT's adapters).
+Unstructured pruning needs no names (``discover`` finds blocks and weights generically). Structured pruning must
+know which Linears share a dimension: an MLP's up-like projections (gate/up, fc1) produce the intermediate
+channels its down projection (down, fc2) reads, and attention's q/k/v produce the heads its output projection
+reads. These names cannot be discovered from shapes alone (Phi3's fused qkv has as many rows as its MLP's
+intermediate size in small configs), so they are listed here (a layout per block, as SliceGPT's adapters), with
+the config attributes that hold the sizes a cut changes and the names of the KV-cache arguments.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -24,6 +25,18 @@ ATTENTION_QKV = {"q_proj": "q", "k_proj": "k", "v_proj": "v"}
 ATTENTION_FUSED_QKV = {"qkv_proj"}  # [q; k; v] stacked on the output dimension
 ATTENTION_OUT = {"o_proj", "out_proj"}
 
+# config attributes: the MLP's width (Llama and most; OPT; GPT-2) and the decoder's depth
+INTERMEDIATE_SIZE = ("intermediate_size", "ffn_dim", "n_inner")
+LAYER_COUNT = ("num_hidden_layers", "n_layer", "num_layers")
+# attention modules cache their head counts at construction; the forward reads some of them
+HEAD_COUNTS = ("num_heads", "num_attention_heads")
+KV_HEAD_COUNTS = ("num_key_value_heads", "num_kv_heads")
+KV_GROUPS = "num_key_value_groups"
+
+# A block's KV-cache arguments (transformers has renamed them over versions), dropped from captured calls: a
+# captured cache grows by gigabytes and is never needed for calibration.
+NO_CACHE = {"cache": None, "past_key_values": None, "past_key_value": None, "layer_past": None, "use_cache": False}
+
 
 def out_features(module: nn.Module) -> int:
     return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
@@ -31,33 +44,6 @@ def out_features(module: nn.Module) -> int:
 
 def in_features(module: nn.Module) -> int:
     return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
-
-
-def keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
-    """Keep only the output features ``index`` (rows of a Linear, columns of a Conv1D), bias included."""
-    dim = 1 if isinstance(module, Conv1D) else 0
-    module.weight = nn.Parameter(module.weight.data.index_select(dim, index).contiguous(), requires_grad=False)
-    if getattr(module, "bias", None) is not None:
-        module.bias = nn.Parameter(module.bias.data.index_select(0, index).contiguous(), requires_grad=False)
-    if isinstance(module, Conv1D):
-        module.nf = len(index)
-    else:
-        module.out_features = len(index)
-
-
-def set_input_weight(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-    """Replace the weight ``[out, in']`` (fewer inputs) of a Linear or Conv1D, and its bias when given."""
-    stored = weight.t() if isinstance(module, Conv1D) else weight
-    module.weight = nn.Parameter(stored.to(module.weight.dtype).contiguous(), requires_grad=False)
-    if bias is not None:
-        module.bias = nn.Parameter(bias.to(module.bias.dtype).contiguous(), requires_grad=False)
-    if not isinstance(module, Conv1D):
-        module.in_features = weight.shape[1]
-
-
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The ``[out, in]`` weight of a Linear or Conv1D."""
-    return module.weight.data.t() if isinstance(module, Conv1D) else module.weight.data
 
 
 @dataclass
@@ -145,3 +131,9 @@ def attention_layout(block: nn.Module, prefix: str, config: object) -> Attention
             "this attention layout is not supported for head pruning"
         )
     return AttentionLayout(attention, qkv, (out_name, out_module), heads, kv_heads, head_dim)
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The forward's KV-cache keyword: transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name
+    goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

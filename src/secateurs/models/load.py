@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import DeviceError, ModelLoadError, UnsupportedModelError
+from ..extras import require
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -53,39 +54,22 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return safetensors, pickles
 
 
-def load_model(
-    source: str | Path, dtype: str | torch.dtype = "float32", trust_pickle: bool = False
-) -> tuple[nn.Module, object]:
-    """Return ``(model, tokenizer)`` on the CPU, in ``dtype``.
-
-    ``source``: a folder with config.json and safetensors weights (or a packed checkpoint), a ``.gguf`` file,
-    or a hub id (``org/name``). Pickle-only checkpoints are refused unless ``trust_pickle``: unpickling runs code.
-    """
-    from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    torch_dtype = resolve_dtype(dtype)
-    text = str(source)
-    if not text.strip():
-        raise ModelLoadError("the model path is empty: give a model folder, a .gguf file or a hub id")
+def _locate(text: str, trust_pickle: bool) -> tuple[str, dict]:
+    """Where transformers reads ``text`` from, and the keyword arguments that say how (a GGUF file, safetensors)."""
     path = Path(text).expanduser()
-    kwargs: dict = {}
     if text.lower().endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {text} does not exist: check the path")
-        location, kwargs["gguf_file"] = str(path.parent), path.name
-    elif path.exists():
+        require("gguf")
+        require("accelerate")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
         if not path.is_dir():
             raise ModelLoadError(
                 f"{text} is a file, not a model folder: give the folder holding config.json, or a .gguf file"
             )
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{text} has no config.json: give a Hugging Face model folder")
-        from ..export.packed import is_packed, load
-
-        if is_packed(path):  # a packed checkpoint (secateurs pack) has no model.safetensors
-            return load(path, dtype=torch_dtype)
         safetensors, pickles = _weight_files(path)
         if not safetensors and not pickles:
             raise ModelLoadError(f"{text} holds no weight files (*.safetensors): check that the download is complete")
@@ -94,15 +78,18 @@ def load_model(
                 f"{text} has only pickle weights ({pickles[0].name}), which can run code when read: convert "
                 "them to safetensors, or pass --trust-pickle if you trust the source"
             )
-        location = str(path)
-        kwargs["use_safetensors"] = bool(safetensors)
-    elif _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
-        location = text  # a hub id; transformers downloads or uses its cache
-    else:
-        raise ModelLoadError(f"model path {text} does not exist: check the path")
+        return str(path), {"use_safetensors": bool(safetensors)}
+    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        return text, {}  # a hub id; transformers downloads or uses its cache
+    raise ModelLoadError(f"model path {text} does not exist: check the path")
+
+
+def _check_config(location: str, text: str, gguf: dict) -> None:
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     try:
-        config = AutoConfig.from_pretrained(location, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+        config = AutoConfig.from_pretrained(location, **gguf)
     except OSError as error:
         raise ModelLoadError(
             f"could not read a model config from {text}: {str(error).splitlines()[0]} "
@@ -113,19 +100,40 @@ def load_model(
             f"{text} is a {type(config).__name__.removesuffix('Config')} model, not a causal language model: "
             "give a model that AutoModelForCausalLM loads"
         )
-    if "gguf_file" in kwargs:
+
+
+def load_model(
+    source: str | Path, dtype: str | torch.dtype = "float32", trust_pickle: bool = False
+) -> tuple[nn.Module, object]:
+    """Return ``(model, tokenizer)`` on the CPU, in ``dtype``.
+
+    ``source``: a folder with config.json and safetensors weights, a ``.gguf`` file (the ``[gguf]`` extra; its
+    blocks are dequantized), or a hub id (``org/name``). Pickle-only checkpoints are refused unless
+    ``trust_pickle``: unpickling runs code. (``secateurs.load`` reads packed checkpoints too.)
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    text = str(source)
+    if not text.strip():
+        raise ModelLoadError("the model path is empty: give a model folder, a .gguf file or a hub id")
+    location, kwargs = _locate(text, trust_pickle)
+    gguf = {k: v for k, v in kwargs.items() if k == "gguf_file"}
+    _check_config(location, text, gguf)
+    if gguf:
         kwargs["quantization_config"] = _dequantizing_gguf_config()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch_dtype, **{k: v for k, v in kwargs.items() if v is not None}
         )
-        tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+        tokenizer = AutoTokenizer.from_pretrained(location, **gguf)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(
             f"could not load {text}: {str(error).splitlines()[0]} (check the files, or download them again)"
         ) from error
     quantizer = getattr(model, "hf_quantizer", None)
-    if "gguf_file" in kwargs and quantizer is not None:
+    if gguf and quantizer is not None:
         # The weights are plain dequantized tensors now; without this the model refuses to be saved.
         quantizer.remove_quantization_config(model)
     model.eval()

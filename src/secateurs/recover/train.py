@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import warnings
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ResumeError
+from ..io.atomic import write_text_atomic
 
 
 class Rule(Protocol):
@@ -72,19 +72,28 @@ class TrainSettings:
         return 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where the checkpoints go (removed by the caller once the output is written), and whether to go on from
+    the last one."""
+
+    folder: Path
+    resume: bool = False
+
+
 def train(
     model: nn.Module,
     parameters: dict[str, nn.Parameter],
     windows: torch.Tensor,
     settings: TrainSettings,
     rule: Rule,
-    folder: Path,
-    resume: bool,
+    checkpoints: Checkpoints,
     device: torch.device,
     progress: bool = True,
 ) -> list[float]:
     """Minimize the next-token loss on ``windows`` [steps * batch, seqlen] over ``parameters``; returns the loss
-    of every step. ``folder`` holds the checkpoints (removed by the caller once the output is written)."""
+    of every step."""
+    folder = checkpoints.folder
     needed = settings.steps * settings.batch_size
     if windows.shape[0] < needed:
         raise ValueError(f"{needed} training windows are needed, {windows.shape[0]} given")
@@ -92,7 +101,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.learning_rate_factor)
     losses: list[float] = []
     first = 0
-    if resume:
+    if checkpoints.resume:
         first, losses = _load(folder, parameters, optimizer, scheduler, rule, settings)
     else:
         shutil.rmtree(folder, ignore_errors=True)
@@ -138,9 +147,7 @@ def _save(
     file = f"checkpoint-{step:07d}.safetensors"
     save_file(tensors, str(folder / file))
     document = {"step": step, "file": file, "losses": losses, "settings": asdict(settings)}
-    temporary = folder / "train-state.json.tmp"
-    temporary.write_text(json.dumps(document))
-    os.replace(temporary, folder / "train-state.json")
+    write_text_atomic(folder / "train-state.json", json.dumps(document))
     for old in folder.glob("checkpoint-*.safetensors"):
         if old.name != file:
             old.unlink()

@@ -1,15 +1,12 @@
-"""The facts a run reports: versions, machine, memory."""
+"""The facts a run reports: library versions, the machine, peak memory."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
 import sys
 from importlib import metadata
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -58,20 +55,3 @@ def peak_cuda_mib() -> float | None:
     if not torch.cuda.is_available():
         return None
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary sibling, then rename it: an interruption leaves the old file or the new
-    one, never half of one."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine import capture_block_inputs, run_block
+from ..engine.capture import capture_block_inputs, run_block
 from .config import keep_layers
 
 SCORES = ("perplexity", "block-influence")

@@ -8,22 +8,41 @@ toward the dense model's predictions.
 It runs after the block walk (and after EBFT, when both are asked): where EBFT fits each block's output, this
 fits what the model is for, its predictions, through every block together. The dense model is a copy kept
 beside the pruned one, so the whole model, twice, must fit on the device; a model pruned block by block from
-disk (``--offload``) cannot be distilled.
+disk (``--offload disk``) cannot be distilled.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .ebft import MaskedAdam, TuneSettings
+from ..checks import check_positive, check_whole
+from .adam import MaskedAdam, TuneSettings
 
 # Adam's step, constant: on SmolLM2 after SparseGPT 50%, one epoch at 1e-4 took WikiText-2 perplexity from
 # 44.76 to 34.47 (protocol Q-CPU; a second epoch, 34.46, only fitted the calibration windows closer); a whole
 # model moves further per step than one block, hence 10x below EBFT's
 DEFAULT_LR = 1e-4
+
+
+@dataclass(frozen=True)
+class Distill:
+    """``epochs`` over the calibration windows, one Adam step at ``lr`` per window."""
+
+    epochs: int
+    lr: float = DEFAULT_LR
+
+    def __post_init__(self) -> None:
+        check_whole(self.epochs, "epochs", 1, "1")
+        check_positive(self.lr, "lr", "1e-4")
+
+    @property
+    def settings(self) -> TuneSettings:
+        return TuneSettings(self.epochs, self.lr)
 
 
 def distill(

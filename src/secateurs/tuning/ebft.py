@@ -1,19 +1,21 @@
-"""EBFT (Guo et al. 2024, "Effective and Block-wise Fine-Tuning for Sparse LLMs"): after a block is pruned,
-its kept weights are tuned by backpropagation so that the pruned block's output matches the dense block's
-output on the same calibration inputs; every pruned weight stays zero.
+"""EBFT (Guo et al. 2024, "EBFT: Effective and Block-wise Fine-Tuning for Sparse LLMs"): after a block is pruned,
+its kept weights are tuned by backpropagation so that the pruned block's output matches the dense block's output
+on the same calibration inputs; every pruned weight stays zero.
 
-SparseGPT and the OBS updates fit each Linear alone, by least squares, on inputs seen through the earlier
-pruned Linears; this fits the whole block at once, through its norms, attention and activation functions.
-The walk calls ``tune_block`` between the solve and the propagation (``walk(..., tune=...)``).
+SparseGPT and the OBS updates fit each Linear alone, by least squares, on inputs seen through the earlier pruned
+Linears; this fits the whole block at once, through its norms, attention and activation functions. ``EbftTuner``
+is the walk's block hook: it keeps the block's inputs and the outputs aimed at before the block is pruned, tunes
+the block after, and hands the tuned block's outputs to the next block.
 
-What the block is fitted to (``secateurs.engine.TUNE_TARGETS``): ``block``, the dense block's output on the
-pruned model's inputs of the block, as in EBFT's reference code; or ``model``, the dense model's own activation
-after the block, so that each block also corrects the error the pruned blocks before it left in its inputs (the
-"global propagation" of Shin et al. 2024, "Rethinking Pruning Large Language Models").
+What the block is fitted to (``target``): ``block``, the dense block's output on the pruned model's inputs of the
+block, as in EBFT's reference code; or ``model``, the dense model's own activation after the block (a dense
+stream walks beside the pruned one), so that each block also corrects the error the pruned blocks before it left
+in its inputs (the "global propagation" of Shin et al. 2024, "Rethinking Pruning Large Language Models").
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,40 +23,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import run_block
-from .models.discover import Target
+from ..checks import check_choice, check_positive, check_whole
+from ..engine.capture import run_block
+from ..engine.lockstep import overwrite
+from ..engine.strategies import BlockWork
+from ..models.discover import Target
+from ..report.schema import EbftRecord, TunedBlock
+from .adam import MaskedAdam, TuneSettings, kept_masks
 
 # Adam's step, constant: on SmolLM2's first blocks 1e-4 needed four times the epochs of 1e-3 to the same error,
 # 3e-3 did no better, and a cosine decay to zero did worse than the constant rate at the same epochs
 DEFAULT_LR = 1e-3
+TARGETS = ("block", "model")
 
 
 @dataclass(frozen=True)
-class TuneSettings:
-    """``epochs`` passes over the calibration batches (or windows, ``secateurs.distill``), each one Adam step at
-    learning rate ``lr``, in an order drawn from ``seed``."""
+class Ebft:
+    """``epochs`` of Adam at ``lr`` per pruned block, one step per calibration batch; ``target``: ``block`` or
+    ``model`` (see the module docstring)."""
 
     epochs: int
     lr: float = DEFAULT_LR
-    seed: int = 0
+    target: str = "block"
 
+    def __post_init__(self) -> None:
+        check_whole(self.epochs, "epochs", 1, "8")
+        check_positive(self.lr, "lr", "1e-3")
+        check_choice(self.target, "target", TARGETS)
 
-def tune_report(settings: TuneSettings, target: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The report's ``walk.ebft``: the settings, what each block was fitted to, and the walk's per-block record
-    (``WalkReport.tuned``: errors before and after, whether the tuning was kept, each epoch's loss)."""
-    return {"epochs": settings.epochs, "lr": settings.lr, "target": target, "blocks": blocks}
-
-
-def kept_masks(targets: list[Target]) -> dict[nn.Parameter, torch.Tensor]:
-    """For each parameter holding a pruned target: True where a target's weight is kept (non-zero). The rest
-    of the parameter (an ignored expert of a fused tensor) stays as it is."""
-    masks: dict[nn.Parameter, torch.Tensor] = {}
-    for target in targets:
-        mask = masks.setdefault(target.parameter, torch.zeros_like(target.parameter, dtype=torch.bool))
-        view = mask[target.expert] if target.expert is not None else mask
-        view = view.t() if target.transposed else view
-        view.copy_(target.weight() != 0)
-    return masks
+    @property
+    def settings(self) -> TuneSettings:
+        return TuneSettings(self.epochs, self.lr)
 
 
 def tune_block(
@@ -82,37 +81,75 @@ def tune_block(
     return losses
 
 
-class MaskedAdam:
-    """Adam on float32 copies of the parameters in ``masks`` (a 16-bit model's weights are rounded from them
-    after every step), with each gradient masked from the first step: Adam's moments stay exactly zero where the
-    gradient always was, so a pruned weight never leaves zero, and an ignored one never changes. Inside ``with``
-    only those parameters of ``module`` take gradients; on leaving, every parameter is as it was."""
+def _squared(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((y.float() - x.float()).pow(2).sum())
 
-    def __init__(self, module: nn.Module, masks: dict[nn.Parameter, torch.Tensor], lr: float) -> None:
-        self.module, self.masks = module, masks
-        self.master = [parameter.detach().float().clone() for parameter in masks]
-        self.optimizer = torch.optim.Adam(self.master, lr=lr)
-        self.frozen = {parameter: parameter.requires_grad for parameter in module.parameters()}
 
-    def __enter__(self) -> MaskedAdam:
-        for parameter in self.module.parameters():
-            parameter.requires_grad_(parameter in self.masks)
-        return self
+class EbftTuner:
+    """The walk's block hook (``secateurs.engine.BlockHook``). Before the block is pruned it keeps the block's
+    inputs and the outputs aimed at: the unpruned block's on the same inputs or, toward the model, on the dense
+    stream's (which then become that stream's next inputs). After, it tunes the pruned block and puts the tuned
+    block's outputs in the pruned stream. The record's error is the share of the dense block's update (output -
+    input) that the block misses, sum ||y - y_dense||^2 / sum ||y_dense - x_dense||^2 over the calibration
+    tokens, before and after tuning; a tuning that does not lower it is undone."""
 
-    def __exit__(self, *exception: object) -> None:
-        for parameter, requires_grad in self.frozen.items():
-            parameter.requires_grad_(requires_grad)
-            parameter.grad = None
+    copies = 2  # the block's inputs and the outputs aimed at, beside the stream
 
-    def step(self, loss: torch.Tensor) -> float:
-        """Back-propagate ``loss``, take one masked step; returns the loss."""
-        for parameter in self.masks:
-            parameter.grad = None
-        loss.backward()
-        for (parameter, mask), copy in zip(self.masks.items(), self.master, strict=True):
-            copy.grad = parameter.grad.float() * mask if parameter.grad is not None else None
-        self.optimizer.step()
-        with torch.no_grad():
-            for parameter, copy in zip(self.masks, self.master, strict=True):
-                parameter.copy_(copy)
-        return float(loss.detach())
+    def __init__(self, ebft: Ebft) -> None:
+        self.ebft = ebft
+        self.reference: list[torch.Tensor] | None = None  # the dense stream, toward the model
+        self.blocks: list[dict[str, Any]] = []
+        self.inputs: list[torch.Tensor] = []
+        self.dense: list[torch.Tensor] = []
+        self.update = 0.0
+
+    def start(self, streams: list[list[torch.Tensor]], memo: dict[str, Any]) -> None:
+        if self.ebft.target == "model":
+            self.reference = [h.clone() for h in streams[0]]
+            streams.append(self.reference)
+        self.blocks = memo.setdefault("tuned", [])  # the blocks tuned before an interruption stay in the record
+
+    def before(self, work: BlockWork) -> None:
+        start = time.perf_counter()
+        self.inputs = [batch.clone() for batch in work.hidden]
+        if self.reference is None:
+            self.dense = [run_block(work.block, batch, work.arguments[batch.shape[0]]) for batch in self.inputs]
+            self.update = sum(_squared(x, y) for x, y in zip(self.inputs, self.dense, strict=True))
+        else:
+            self.update = 0.0
+            for j, batch in enumerate(self.reference):
+                output = run_block(work.block, batch, work.arguments[batch.shape[0]])
+                self.update += _squared(batch, output)
+                overwrite(self.reference, j, output)
+            self.dense = self.reference
+        work.seconds["tune"] += time.perf_counter() - start
+
+    def after(self, work: BlockWork) -> int:
+        start = time.perf_counter()
+        before = self._error(work.hidden)
+        untuned = {name: tensor.clone() for name, tensor in work.block.state_dict().items()}
+        losses = tune_block(work.block, work.retarget(), self.inputs, self.dense, work.arguments, self.ebft.settings)
+        self._propagate(work)
+        after = self._error(work.hidden)
+        kept = after < before
+        if not kept:  # the block is left as pruned, and so are its outputs
+            work.block.load_state_dict(untuned)
+            self._propagate(work)
+        record = TunedBlock(work.index, round(before, 6), round(after, 6), kept, [round(x, 6) for x in losses])
+        self.blocks.append(vars(record))
+        self.inputs, self.dense = [], []
+        work.seconds["tune"] += time.perf_counter() - start
+        return 2
+
+    def _propagate(self, work: BlockWork) -> None:
+        for j, batch in enumerate(self.inputs):
+            overwrite(work.hidden, j, run_block(work.block, batch, work.arguments[batch.shape[0]]))
+
+    def _error(self, hidden: list[torch.Tensor]) -> float:
+        missed = sum(_squared(h, y) for h, y in zip(hidden, self.dense, strict=True))
+        return missed / self.update if self.update else 0.0
+
+    def record(self) -> EbftRecord:
+        return EbftRecord(
+            self.ebft.epochs, self.ebft.lr, self.ebft.target, [TunedBlock(**block) for block in self.blocks]
+        )

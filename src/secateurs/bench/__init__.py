@@ -1,0 +1,1 @@
+"""Benchmark harnesses users run (``secateurs bench``): outside the pruning path, which never imports them."""

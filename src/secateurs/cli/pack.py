@@ -1,0 +1,26 @@
+"""``secateurs pack`` and ``secateurs unpack``: a pruned folder's weights stored compressed, and back."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..pipeline.pack import PackJob, UnpackJob, run_pack, run_unpack
+from .build import fields_of
+from .output import emit
+from .parser import CliOptions, Flag, given
+
+
+def run_pack_command(args: argparse.Namespace, rows: tuple[Flag, ...], cli: CliOptions) -> None:
+    job = PackJob(**fields_of(given(args, rows), "job"))
+    sizes = run_pack(job)
+    ratio = sizes["packed"] / sizes["packed_dense"] if sizes["packed_dense"] else None
+    lines = [f"Packed {job.model} into {job.out}: {sizes['file']:,} bytes on disk"]
+    if ratio is not None:
+        lines.append(f"  pruned weights take {ratio:.1%} of their dense bytes")
+    emit(cli.json, lines, {"out": str(job.out), **sizes, "packed_over_dense": ratio and round(ratio, 4)})
+
+
+def run_unpack_command(args: argparse.Namespace, rows: tuple[Flag, ...], cli: CliOptions) -> None:
+    job = UnpackJob(**fields_of(given(args, rows), "job"))
+    run_unpack(job)
+    emit(cli.json, [f"Unpacked {job.model} into {job.out}"], {"out": str(job.out)})
