@@ -263,6 +263,8 @@ def main(argv=None) -> int:
         output_dir=None,  # saved below, uncompressed
     )
     prune_s = time.perf_counter() - t0 + (owl_s or 0.0)
+    # read where secateurs reads its own: when pruning returns, before saving (saving may copy tensors)
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     report = _sparsity_report(mods, args.pattern)
 
@@ -274,7 +276,7 @@ def main(argv=None) -> int:
     stripped = _strip_compression_config(out_dir)
     save_s = time.perf_counter() - t0
 
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_after_save_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     result = {
         "tool": "llmcompressor",
@@ -298,6 +300,7 @@ def main(argv=None) -> int:
         "load_s": load_s,
         "save_s": save_s,
         "peak_rss_mib": peak_rss_mib,
+        "peak_rss_after_save_mib": peak_rss_after_save_mib,
         "stripped_quantization_config": stripped,
         "owl_s": owl_s,
         "owl_workaround": None if owl_s is None else OWL_WORKAROUND,

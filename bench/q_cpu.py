@@ -1,12 +1,14 @@
 """Protocol Q-CPU (docs/benchmarks.md): quality and pruning cost of secateurs on SmolLM2-135M, with
 llmcompressor 0.14 (its own virtual environment) and the forward-pass floor measured in the same run.
 
-    python bench/q_cpu.py                     # everything, writes bench/results/q_cpu.json
-    python bench/q_cpu.py --only wanda-50     # some configurations (merged into the same JSON)
+    python bench/run.py q-cpu --only wanda-50 sparsegpt-50    # one run, with its peers and floor, 3 rounds
 
-Every configuration runs in a fresh process, so its peak RSS (ru_maxrss after pruning: model load and
-pruning, evaluation excluded) is its own. The GGUF is dequantized to a float32 safetensors folder once,
-in bench/work/, and both tools load that folder.
+This file holds the protocol's configurations and the steps bench/run.py runs, each in a fresh process, so its
+peak RSS is its own: ru_maxrss when pruning returns (model load, calibration and pruning; saving and evaluation
+excluded, for both tools). The GGUF is dequantized to a float32 safetensors folder once, in bench/work/, and
+both tools load that folder and the same calibration tokens.
+
+    python bench/q_cpu.py --only wanda-50     # the older form: rows merged into bench/results/q_cpu.json
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ CALIB = WORK / "calib-c4-128x512-seed0.safetensors"
 RESULTS = ROOT / "bench" / "results" / "q_cpu.json"
 THREADS = 2
 NSAMPLES, SEQLEN, EVAL_SEQLEN, EVAL_WINDOWS = 128, 512, 2048, 32
+FLOOR_BATCHES = (4, 16, NSAMPLES)  # the walks' batch sizes (4 by default) and the largest
 
 # name -> the recipe (as secateurs.load_recipe reads it; method None: the dense model), with the bench's own keys
 # dtype and offload (true_sequential None: the method's default, one pass for SparseGPT)
@@ -60,6 +63,7 @@ SECATEURS: dict[str, dict] = {
     "sparsegpt-4:8": {"method": "sparsegpt", "pattern": "4:8"},
     "sparsegpt-50-no-true-sequential": {"method": "sparsegpt", "true_sequential": False},
     "sparsegpt-2:4-no-true-sequential": {"method": "sparsegpt", "pattern": "2:4", "true_sequential": False},
+    "sparsegpt-4:8-no-true-sequential": {"method": "sparsegpt", "pattern": "4:8", "true_sequential": False},
     # the Wanda paper's Section 5 ablations: a score's mask with SparseGPT's OBS update
     "magnitude-50-obs-seq": {"method": "magnitude", "update": "obs-seq"},
     "magnitude-50-obs-iter": {"method": "magnitude", "update": "obs-iter"},
@@ -215,7 +219,29 @@ def walk_facts(report) -> dict:  # noqa: ANN001
     return to_json_value(report.walk) if report.walk is not None else {}
 
 
-def run_secateurs(name: str) -> dict:
+def weights_sha256(tensors: dict) -> str:
+    """One hash of a model's tensors (sorted by name): the same weights in every round, or not."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def folder_sha256(folder: Path) -> str:
+    from safetensors.torch import load_file
+
+    tensors: dict = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return weights_sha256(tensors)
+
+
+def run_secateurs(name: str, evaluate: bool = True) -> dict:
     import torch
     from safetensors.torch import load_file
 
@@ -226,7 +252,7 @@ def run_secateurs(name: str) -> dict:
     options = dict(SECATEURS[name])
     dtype = options.pop("dtype", "float32")
     if options.pop("offload", None):
-        return run_offloaded(name, options, dtype)
+        return run_offloaded(name, options, dtype, evaluate)
     model, tokenizer = load(MODEL, dtype)
     result: dict = {"name": name, "tool": "secateurs", "dtype": dtype, "versions": versions()}
     if options["method"] is not None:
@@ -246,12 +272,14 @@ def run_secateurs(name: str) -> dict:
         if allocation is not None and allocation.block_sparsities is not None:  # compared with the peer's modifier
             result["block_sparsities"] = allocation.block_sparsities
     result["peak_rss_mib"] = peak_rss_mib()
-    model.float()
-    result["ppl"] = _eval(model, tokenizer)
+    result["weights_sha256"] = weights_sha256(model.state_dict())
+    if evaluate:
+        model.float()
+        result["ppl"] = _eval(model, tokenizer)
     return result
 
 
-def run_offloaded(name: str, options: dict, dtype: str) -> dict:
+def run_offloaded(name: str, options: dict, dtype: str, evaluate: bool = True) -> dict:
     """The CLI's path with ``--offload disk``: only the block being pruned is in memory; the pruned
     checkpoint is written block by block, then evaluated in a fresh process."""
     from secateurs import PruneJob, load_recipe, run_prune
@@ -283,8 +311,10 @@ def run_offloaded(name: str, options: dict, dtype: str) -> dict:
         "sparsity": report.sparsity,
         "walk": walk_facts(report),
         "peak_rss_mib": peak_rss_mib(),
+        "weights_sha256": folder_sha256(out),
     }
-    result.update(_child("--step", "eval", "--arg", str(out)))
+    if evaluate:
+        result.update(_child("--step", "eval", "--arg", str(out)))
     return result
 
 
@@ -308,8 +338,28 @@ def native_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def run_floor() -> dict:
-    """The cost floor: float32 forward passes of the calibration set through the blocks (no hooks)."""
+def run_floor(batch: int | None = None) -> dict:
+    """The cost floor: float32 forward passes of the calibration set through the blocks (no hooks). With
+    ``batch``: one pass at that batch size (bench/run.py's row); without: the older file's set of passes."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    if batch is not None:
+        from secateurs.report import versions
+
+        return {"tool": "floor", "batch_size": batch, "one_pass_s": _one_pass("float32", batch), "versions": versions()}
+    floor: dict = {}
+    runs = [("float32", 16), ("float32", 4), ("float32", NSAMPLES)]
+    if native_bfloat16():
+        runs += [("bfloat16", 16), ("bfloat16", NSAMPLES)]
+    else:
+        floor["bfloat16"] = "not measured: this CPU has no native bfloat16 (torch emulates it)"
+    for dtype, size in runs:
+        floor[f"one_pass_{dtype}_batch{size}_s"] = _one_pass(dtype, size)
+    return floor
+
+
+def _one_pass(dtype: str, batch: int) -> float:
     import torch
     from safetensors.torch import load_file
 
@@ -317,25 +367,27 @@ def run_floor() -> dict:
     from secateurs.engine import capture_block_inputs, run_block
     from secateurs.models import find_blocks
 
-    torch.set_num_threads(THREADS)
     calibration = load_file(str(CALIB))["input_ids"]
-    floor: dict = {}
-    runs = [("float32", 16), ("float32", 4), ("float32", NSAMPLES)]
-    if native_bfloat16():
-        runs += [("bfloat16", 16), ("bfloat16", NSAMPLES)]
-    else:
-        floor["bfloat16"] = "not measured: this CPU has no native bfloat16 (torch emulates it)"
-    for dtype, batch in runs:
-        model, _ = load(MODEL, dtype)
-        _, blocks = find_blocks(model)
-        with torch.no_grad():
-            inputs = capture_block_inputs(model, blocks, calibration, batch, torch.device("cpu"))
-            start = time.perf_counter()
-            hidden = inputs.hidden
-            for index, block in enumerate(blocks):
-                hidden = [run_block(block, h, inputs.block_arguments(index, h)) for h in hidden]
-        floor[f"one_pass_{dtype}_batch{batch}_s"] = round(time.perf_counter() - start, 2)
-    return floor
+    model, _ = load(MODEL, dtype)
+    _, blocks = find_blocks(model)
+    with torch.no_grad():
+        inputs = capture_block_inputs(model, blocks, calibration, batch, torch.device("cpu"))
+        start = time.perf_counter()
+        hidden = inputs.hidden
+        for index, block in enumerate(blocks):
+            hidden = [run_block(block, h, inputs.block_arguments(index, h)) for h in hidden]
+    return round(time.perf_counter() - start, 2)
+
+
+def facts() -> dict:
+    """The protocol's fixed settings, recorded with every run."""
+    return {
+        "model": GGUF.name,
+        "calibration": f"C4 slice, {NSAMPLES} x {SEQLEN}, seed 0",
+        "evaluation": f"WikiText-2 test, first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}",
+        "threads": THREADS,
+        "peak_rss_point": "ru_maxrss when pruning returns (load, calibration, pruning; saving and evaluation excluded)",
+    }
 
 
 def main() -> None:
@@ -349,13 +401,14 @@ def main() -> None:
     )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
+    parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
         step = {
             "prepare": lambda: prepare() or {},
-            "secateurs": lambda: run_secateurs(args.arg),
+            "secateurs": lambda: run_secateurs(args.arg, not args.no_eval),
             "eval": lambda: run_eval(args.arg),
-            "floor": run_floor,
+            "floor": lambda: run_floor(int(args.arg) if args.arg else None),
         }[args.step]
         print(json.dumps(step()))
         return
@@ -386,7 +439,7 @@ def main() -> None:
         _write(results, path)
 
 
-def run_peer(name: str) -> dict:
+def run_peer(name: str, evaluate: bool = True) -> dict:
     spec = PEER[name]  # (method, pattern[, sparsity (0.5)[, OWL profile]])
     method, pattern = spec[:2]
     sparsity = spec[2] if len(spec) > 2 else 0.5
@@ -425,21 +478,14 @@ def run_peer(name: str) -> dict:
     )
     measured = json.loads(report.read_text())
     measured.pop("per_module_sparsity", None)  # 210 lines of 0.5
-    result = {"name": name, "tool": "llmcompressor", **measured}
-    result.update(_child("--step", "eval", "--arg", str(out)))
+    result = {"name": name, "tool": "llmcompressor", **measured, "weights_sha256": folder_sha256(out)}
+    if evaluate:
+        result.update(_child("--step", "eval", "--arg", str(out)))
     return result
 
 
 def _write(results: dict, path: Path) -> None:
-    write_results(
-        path,
-        results,
-        protocol="Q-CPU",
-        model=GGUF.name,
-        calibration=f"C4 slice, {NSAMPLES} x {SEQLEN}, seed 0",
-        evaluation=f"WikiText-2 test, first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}",
-        threads=THREADS,
-    )
+    write_results(path, results, protocol="Q-CPU", **facts())
 
 
 if __name__ == "__main__":

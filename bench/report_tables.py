@@ -133,11 +133,14 @@ def target_lines(results: dict) -> list[str]:
         _div(get("wanda-50-offload", "peak_rss_mib"), get(peer_wanda, "peak_rss_mib")),
         0.6,
     )
-    two_pass_floor = 2 * floor["one_pass_float32_batch16_s"] if "one_pass_float32_batch16_s" in floor else None
+    # the floor at the walk's own batch size, times its passes per block (the same measurement on both sides)
+    walk = runs.get("wanda-50", {}).get("walk", {})
+    one_pass = floor.get(f"one_pass_float32_batch{walk.get('batch_size')}_s")
+    walk_floor = one_pass * walk.get("passes_per_block", 1) if one_pass else None
     check(
-        "Wanda 50% prune time / two-pass floor (2 passes in batches of 16)",
-        _div(get("wanda-50", "prune_s"), two_pass_floor),
-        1.1,
+        f"Wanda 50% prune time / floor ({walk.get('passes_per_block', 1):g} passes, batch {walk.get('batch_size')})",
+        _div(get("wanda-50", "prune_s"), walk_floor),
+        1.15,
     )
     ts = "wanda-50-true-sequential"
     check(
@@ -173,17 +176,44 @@ def target_lines(results: dict) -> list[str]:
         ours = {
             name: run["ppl"]
             for name, run in runs.items()
-            if run.get("tool") == "secateurs" and run.get("method") and _pattern_suffix(run) == suffix
+            if run.get("tool") == "secateurs"
+            and run.get("method")
+            and _pattern_suffix(run) == suffix
+            and not _trained(run)  # one-shot rows are compared with one-shot peers only
         }
         return min(ours.items(), key=lambda item: item[1]) if ours else (None, None)
 
     name, ppl = best("70")
-    check(f"best 70% recipe ({name}) perplexity / uniform Wanda 70%'s", _div(ppl, get("wanda-70", "ppl")), 0.7)
+    check(f"best one-shot 70% recipe ({name}) perplexity / uniform Wanda 70%'s", _div(ppl, get("wanda-70", "ppl")), 0.7)
     for label, suffix in (("50%", "50"), ("2:4", "2:4")):
         name, ppl = best(suffix)
         peer = f"llmcompressor-sparsegpt-{suffix}"
-        check(f"best {label} recipe ({name}) perplexity / llmcompressor SparseGPT's", _div(ppl, get(peer, "ppl")), 0.7)
-    return lines
+        check(
+            f"best one-shot {label} recipe ({name}) perplexity / llmcompressor SparseGPT's",
+            _div(ppl, get(peer, "ppl")),
+            0.7,
+        )
+    return lines + training_lines(runs)
+
+
+def _trained(run: dict) -> bool:
+    return bool(run.get("ebft_epochs") or run.get("distill_epochs"))
+
+
+def training_lines(runs: dict) -> list[str]:
+    """Each training-based row against the one-shot run it starts from (the same method and pattern): its gain
+    in perplexity and its cost as a multiple of that run's prune time; never against a one-shot peer."""
+    lines = []
+    for name, run in runs.items():
+        start = f"{run.get('method')}-{_pattern_suffix(run)}"
+        base = runs.get(start)
+        if run.get("tool") != "secateurs" or not _trained(run) or base is None:
+            continue
+        lines.append(
+            f"- {name} (training) against its one-shot start {start}: perplexity {run['ppl']:.2f} against "
+            f"{base['ppl']:.2f} ({run['ppl'] / base['ppl']:.2f}x), prune time {run['prune_s'] / base['prune_s']:.1f}x"
+        )
+    return ["", "Training-based recipes, each against the one-shot run it starts from:", "", *lines] if lines else []
 
 
 def _pattern_suffix(run: dict) -> str:
@@ -236,9 +266,36 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_summary(results: dict, path: Path) -> str:
+    """The README's small table from one bench/run.py run: perplexity and prune time against llmcompressor's."""
+    quality, summary = results["quality"], results["summary"]
+    lines = [
+        "| method | sparsity | secateurs ppl | llmcompressor ppl | ppl ratio | prune time ratio, median [min, max] |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    times = {line["row"]: line["ratio"] for line in results["verdicts"] if line["figure"] == "prune_s"}
+    for label, pattern, suffix in SUMMARY_ROWS:
+        ours, peer = f"{label.lower()}-{suffix}", f"llmcompressor-{label.lower()}-{suffix}"
+        if ours in quality and peer in quality and ours in summary:
+            a, b = quality[ours]["ppl"], quality[peer]["ppl"]
+            ratio = times.get(ours)
+            spread = f"{ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}]" if ratio else "-"
+            lines.append(f"| {label} | {pattern} | {a:.2f} | {b:.2f} | {a / b:.3f} | {spread} |")
+    host = results["host"].get("cpu")
+    lines += [
+        "",
+        f"WikiText-2 perplexity of {results['model']} (protocol Q-CPU: {results['calibration']}; "
+        f"{results['evaluation']}; {host}), every row from one run, `{path.relative_to(ROOT)}` "
+        f"(llmcompressor in its own virtual environment, the same calibration tokens, {results['rounds']} rounds "
+        "interleaved). Memory, the floor and the verdicts are in [docs/benchmarks.md](docs/benchmarks.md).",
+    ]
+    return "\n".join(lines)
+
+
 def blocks() -> list[tuple[Path, str, str, str]]:
     """Every generated block: (page, begin marker, end marker, body), each rendered from its results file."""
     import owl_masks
+    import run_tables
     import speed_s
     import structured
     import sweep_q_cpu
@@ -258,7 +315,11 @@ def blocks() -> list[tuple[Path, str, str, str]]:
         found.append((DOC, sweep_q_cpu.BEGIN, sweep_q_cpu.END, sweep_q_cpu.readme_block(read(sweep_q_cpu.RESULTS))))
     if speed_s.RESULTS.exists():
         found.append((DOC, speed_s.BEGIN, speed_s.END, speed_s.report_markdown(read(speed_s.RESULTS))))
-    if SUMMARY_FILE.exists():
+    run = run_tables.latest_run("q-cpu")
+    if run is not None:  # one run's rows: the README's summary comes from it, and its own block in the docs
+        found.append((DOC, *run_tables.markers("q-cpu"), run_tables.run_block(run)))
+        found.append((README, *SUMMARY_MARKERS, run_summary(read(run), run)))
+    elif SUMMARY_FILE.exists():
         found.append((README, *SUMMARY_MARKERS, summary_table(read(SUMMARY_FILE))))
     return found
 

@@ -1,0 +1,146 @@
+"""One command, one run, one table: every configuration asked for, with the peer runs and floors its targets
+compare it with, measured on this host in rounds, the tools interleaved so a drifting host moves them alike.
+
+    python bench/run.py q-cpu --only wanda-50 sparsegpt-50      # + llmcompressor's, + the floor, 3 rounds
+    python bench/run.py q-cpu --list                            # the configurations and their targets
+
+Each run writes its own file, bench/results/runs/<run id>.json, rewritten after every row (a run cut short
+keeps what it measured and says it is incomplete). Every row records its round, start and end time and the
+versions of the tool that produced it; the file records the host, the commit (and whether the tree was clean)
+and the exact command. Quality (perplexity) is measured in the first round; later rounds check that the same
+weights came out. Verdicts (bench/verdict.py) compare rows of this run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT  # noqa: E402
+from verdict import judge, spread  # noqa: E402
+
+RUNS = ROOT / "bench" / "results" / "runs"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return done.stdout.strip()
+
+
+def host() -> dict:
+    from secateurs.report import machine
+
+    return {**machine(), "kernel": platform.release(), "node": platform.node()}
+
+
+def provenance(protocol: str, run_id: str) -> dict:
+    """What a reader needs to re-check the run: where, from which commit, by which command."""
+    return {
+        "protocol": protocol,
+        "run_id": run_id,
+        "host": host(),
+        "commit": _git("rev-parse", "HEAD"),
+        "clean": _git("status", "--porcelain", "--untracked-files=no") == "",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "start": _now(),
+        "end": None,
+        "complete": False,
+    }
+
+
+def _write(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _rotated(names: list[str], round_number: int) -> list[str]:
+    """Each round starts one configuration later, so no tool always runs first (or always after the same one)."""
+    shift = round_number % len(names)
+    return names[shift:] + names[:shift]
+
+
+def _measure_round(protocol, results: dict, number: int, path: Path) -> None:  # noqa: ANN001
+    for name in _rotated(results["names"], number):
+        print(f"[run {results['run_id']}] round {number + 1}/{results['rounds']}: {name} ...", file=sys.stderr)
+        start = _now()
+        first = name not in results["quality"]
+        figures = protocol.measure(name, evaluate=first)
+        quality = figures.pop("quality", None)
+        if quality is not None:
+            results["quality"][name] = quality
+        elif "weights_sha256" in figures and name in results["quality"]:
+            figures["same_weights"] = figures["weights_sha256"] == results["quality"][name].get("weights_sha256")
+        row = {"run_id": results["run_id"], "name": name, "round": number, "start": start, "end": _now(), **figures}
+        results["rows"].append(row)
+        _write(path, results)
+
+
+def summary(results: dict) -> dict:
+    """Per configuration: each timed figure's median, min and max over the rounds."""
+    out: dict[str, dict] = {}
+    for row in results["rows"]:
+        entry = out.setdefault(row["name"], {"tool": row.get("tool"), "versions": row.get("versions", {})})
+        for figure in ("prune_s", "peak_rss_mib", "one_pass_s"):
+            if row.get(figure) is not None:
+                entry.setdefault(figure, []).append(row[figure])
+    for entry in out.values():
+        for figure in ("prune_s", "peak_rss_mib", "one_pass_s"):
+            if figure in entry:
+                entry[figure] = spread(entry[figure])
+    return out
+
+
+def main() -> None:
+    from protocols import PROTOCOLS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("protocol", choices=sorted(PROTOCOLS))
+    parser.add_argument("--only", nargs="+", help="configurations (their peers and floors are added)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration (default 3, at least 3)")
+    parser.add_argument("--list", action="store_true", help="print the configurations and targets, run nothing")
+    parser.add_argument("--out", type=Path, help="the results file (default bench/results/runs/<run id>.json)")
+    args = parser.parse_args()
+    protocol = PROTOCOLS[args.protocol]()
+    if args.list:
+        for target in protocol.targets:
+            print(f"{target.row:40s} {target.figure:13s} / {target.other:32s} <= {target.limit}")
+        return
+    if args.rounds < 3:
+        sys.exit("--rounds: timings need at least 3 rounds (a median with its spread)")
+    names = protocol.selection(args.only)
+    protocol.prepare()
+    run_id = f"{args.protocol}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    path = args.out or RUNS / f"{run_id}.json"
+    results = {**provenance(args.protocol, run_id), **protocol.facts, "rounds": args.rounds, "names": names}
+    results.update(rows=[], quality={})
+    for number in range(args.rounds):
+        _measure_round(protocol, results, number, path)
+    results.update(end=_now(), complete=True, summary=summary(results))
+    results["verdicts"] = judge(protocol.targets, results["rows"], results["quality"])
+    _write(path, results)
+    for line in results["verdicts"]:
+        ratio = line["ratio"]
+        print(
+            f"{line['label']}: {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}] "
+            f"against <= {line['limit']}: {line['verdict']}"
+        )
+    print(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+if __name__ == "__main__":
+    main()

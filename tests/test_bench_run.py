@@ -1,0 +1,110 @@
+"""bench/run.py and bench/verdict.py: one run's rows, verdicts that hold in every round or say inconclusive, and
+a refusal to compare rows of different runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import run  # noqa: E402
+from verdict import Target, judge, ratios, verdict  # noqa: E402
+
+
+def _row(name: str, number: int, run_id: str = "r1", **figures: object) -> dict:
+    return {"run_id": run_id, "name": name, "round": number, **figures}
+
+
+def test_a_verdict_needs_every_round():
+    assert verdict([0.70, 0.72, 0.74], 0.75) == "met"
+    assert verdict([0.76, 0.80, 0.78], 0.75) == "not met"
+    assert verdict([0.70, 0.76, 0.74], 0.75) == "inconclusive"  # one round over: the noise decides
+    assert verdict([0.75], 0.75) == "met"
+
+
+def test_ratios_pair_rows_of_the_same_round():
+    target = Target("time", "ours", "prune_s", "peer", 0.5)
+    rows = [_row("ours", 0, prune_s=10.0), _row("peer", 0, prune_s=40.0), _row("ours", 1, prune_s=12.0)]
+    rows += [_row("peer", 1, prune_s=20.0), _row("peer", 2, prune_s=5.0)]  # round 2 has no row of ours
+    assert ratios(target, rows, {}) == [0.25, 0.6]
+    (line,) = judge([target], rows, {})
+    assert line["verdict"] == "inconclusive" and line["ratio"]["median"] == pytest.approx(0.425)
+
+
+def test_a_floor_counts_the_walks_passes_at_the_walks_batch():
+    target = Target("floor", "ours", "prune_s", "floor-batch4", 1.15, other_figure="one_pass_s", passes=True)
+    walk = {"batch_size": 4, "passes_per_block": 2}
+    rows = [_row("ours", 0, prune_s=230.0, walk=walk), _row("floor-batch4", 0, one_pass_s=100.0, batch_size=4)]
+    assert ratios(target, rows, {}) == [1.15]
+    rows[1]["batch_size"] = 16  # a floor at another batch size is not the same measurement
+    assert ratios(target, rows, {}) == []
+
+
+def test_quality_is_one_ratio_of_the_first_rounds_perplexities():
+    target = Target("ppl", "ours", "ppl", "peer", 1.0)
+    quality = {"ours": {"ppl": 44.0}, "peer": {"ppl": 45.0}}
+    (line,) = judge([target], [_row("ours", 0), _row("peer", 0)], quality)
+    assert line["verdict"] == "met" and line["ratio"]["n"] == 1
+
+
+def test_rows_of_two_runs_are_never_compared():
+    target = Target("time", "ours", "prune_s", "peer", 0.5)
+    rows = [_row("ours", 0, prune_s=1.0), _row("peer", 0, "r2", prune_s=4.0)]
+    with pytest.raises(ValueError, match="several runs"):
+        judge([target], rows, {})
+
+
+class _Toy:
+    """A protocol whose configurations cost nothing: 'fast' must take at most half of 'slow''s time."""
+
+    targets = [Target("fast / slow", "fast", "prune_s", "slow", 0.5)]
+    facts = {"model": "toy"}
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+
+    def selection(self, only: list[str] | None) -> list[str]:
+        return ["fast", "slow"]
+
+    def prepare(self) -> None:
+        pass
+
+    def measure(self, name: str, evaluate: bool) -> dict:
+        self.calls.append((name, evaluate))
+        seconds = {"fast": 1.0, "slow": 3.0}[name]
+        figures = {"tool": name, "prune_s": seconds, "weights_sha256": name}
+        return {**figures, "quality": {"ppl": 10.0, "weights_sha256": name}} if evaluate else figures
+
+
+def test_a_run_interleaves_rounds_and_writes_one_file(tmp_path, monkeypatch, capsys):
+    import protocols
+
+    toy = _Toy()
+    monkeypatch.setitem(protocols.PROTOCOLS, "toy", lambda: toy)
+    out = tmp_path / "run.json"
+    monkeypatch.setattr(sys, "argv", ["run.py", "toy", "--rounds", "3", "--out", str(out)])
+    run.main()
+    results = json.loads(out.read_text())
+    assert results["complete"] and results["protocol"] == "toy" and results["model"] == "toy"
+    assert {"host", "commit", "clean", "command", "start", "end"} <= results.keys()
+    assert [name for name, _ in toy.calls] == ["fast", "slow", "slow", "fast", "fast", "slow"]  # rotated rounds
+    assert [evaluate for _, evaluate in toy.calls] == [True, True, False, False, False, False]
+    assert all(row["same_weights"] for row in results["rows"] if row["round"] > 0)
+    assert len({row["run_id"] for row in results["rows"]}) == 1
+    (line,) = results["verdicts"]
+    assert line["verdict"] == "met" and line["ratio"]["max"] == pytest.approx(1 / 3)
+    assert "fast / slow: 0.333 [0.333, 0.333] against <= 0.5: met" in capsys.readouterr().out
+
+
+def test_timings_need_three_rounds(monkeypatch):
+    import protocols
+
+    monkeypatch.setitem(protocols.PROTOCOLS, "toy", _Toy)
+    monkeypatch.setattr(sys, "argv", ["run.py", "toy", "--rounds", "2"])
+    with pytest.raises(SystemExit, match="at least 3 rounds"):
+        run.main()
