@@ -14,6 +14,28 @@ README = ROOT / "README.md"
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
+def utc_now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_state() -> dict:
+    """The commit and whether the tree differs from it (``--no-optional-locks``: a bench never writes the index;
+    untracked files do not count)."""
+    import subprocess
+
+    def output(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit, status = output("rev-parse", "HEAD"), output("--no-optional-locks", "status", "--porcelain", "-uno")
+    return {"commit": commit, "clean": None if status is None else status == ""}
+
+
 def write_results(path: Path, results: dict, **facts: object) -> None:
     """``results`` plus ``facts`` (protocol, model...), the machine and the library versions, as JSON; a
     temporary file renamed over ``path``, so an interrupted bench never leaves half a file."""

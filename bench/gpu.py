@@ -41,7 +41,6 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import write_results  # noqa: E402
+from common import git_state, utc_now, write_results  # noqa: E402
+
+from secateurs.bench.speed import decode_seconds, forward_last  # noqa: E402
 
 PROTOCOL = "GPU"
 RESULTS = ROOT / "bench" / "results"
@@ -472,31 +473,10 @@ def model_inputs(run: Run) -> ModelInputs:
     )
 
 
-def forward(model: nn.Module, ids: torch.Tensor, **kwargs: Any) -> Any:
-    """One forward computing the last position's logits only, as generation does."""
-    return model(input_ids=ids, logits_to_keep=1, **kwargs)
-
-
-def cache_of(output: Any) -> Any:
-    cache = output.get("cache", None)
-    return cache if cache is not None else output.get("past_key_values", None)
-
-
-def decode_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, clock: Clock) -> float:
-    """Milliseconds of ``new_tokens`` greedy steps with the KV cache, after an untimed forward of the prompt."""
-    from secateurs.models.family import cache_argument
-
-    name = cache_argument(model)
+def decode_ms(model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device) -> float:
+    """Milliseconds of ``new_tokens`` greedy steps with the KV cache (protocol S's decode, secateurs.bench.speed)."""
     with torch.inference_mode():
-        output = forward(model, prompt, use_cache=True)
-        state = {"cache": cache_of(output), "token": output.logits[:, -1:].argmax(-1)}
-
-        def steps() -> None:
-            for _ in range(new_tokens):
-                step = forward(model, state["token"], use_cache=True, **{name: state["cache"]})
-                state["cache"], state["token"] = cache_of(step), step.logits[:, -1:].argmax(-1)
-
-        return clock.ms(steps)
+        return decode_seconds(model, prompt, new_tokens, device) * 1e3
 
 
 def prefill_sampler(model: nn.Module, ids: torch.Tensor, clock: Clock) -> Callable[[], float]:
@@ -504,7 +484,7 @@ def prefill_sampler(model: nn.Module, ids: torch.Tensor, clock: Clock) -> Callab
 
     def sample() -> float:
         with torch.inference_mode():
-            return clock.ms(lambda: forward(model, ids, use_cache=False))
+            return clock.ms(lambda: forward_last(model, ids, use_cache=False))
 
     return sample
 
@@ -532,8 +512,8 @@ def measure_model(model: nn.Module, variant: str, kernel: str, inputs: ModelInpu
         rows.append(row | {"tokens_per_s": length / (timing["median_ms"] / 1e3)})
     steps = protocol.new_tokens
     timing = repeated(
-        lambda: decode_ms(model, inputs.prompt, steps, clock),
-        lambda: decode_ms(model, inputs.prompt, protocol.decode_warmup_tokens, clock),
+        lambda: decode_ms(model, inputs.prompt, steps, run.device),
+        lambda: decode_ms(model, inputs.prompt, protocol.decode_warmup_tokens, run.device),
         protocol.decode_rounds,
         run,
     )
@@ -651,13 +631,6 @@ def command_output(command: list[str]) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def git_state() -> dict[str, Any]:
-    """The commit and whether the tree differs from it (``--no-optional-locks``: a bench never writes the index)."""
-    commit = command_output(["git", "rev-parse", "HEAD"])
-    status = command_output(["git", "--no-optional-locks", "status", "--porcelain"])
-    return {"commit": commit, "clean": None if status is None else status == ""}
-
-
 def host_facts(device: torch.device) -> dict[str, Any]:
     from secateurs.report import machine
 
@@ -683,10 +656,6 @@ def host_facts(device: torch.device) -> dict[str, Any]:
             "bf16_reduced_precision_reduction": torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
         }
     return facts
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------------------- outputs

@@ -19,25 +19,15 @@ import json
 import os
 import platform
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT  # noqa: E402
+from common import ROOT, git_state, utc_now  # noqa: E402
 from verdict import judge, spread  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "runs"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return done.stdout.strip()
 
 
 def host() -> dict:
@@ -52,10 +42,9 @@ def provenance(protocol: str, run_id: str) -> dict:
         "protocol": protocol,
         "run_id": run_id,
         "host": host(),
-        "commit": _git("rev-parse", "HEAD"),
-        "clean": _git("status", "--porcelain", "--untracked-files=no") == "",
+        **git_state(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "start": _now(),
+        "start": utc_now(),
         "end": None,
         "complete": False,
     }
@@ -77,7 +66,7 @@ def _rotated(names: list[str], round_number: int) -> list[str]:
 def _measure_round(protocol, results: dict, number: int, path: Path) -> None:  # noqa: ANN001
     for name in _rotated(results["names"], number):
         print(f"[run {results['run_id']}] round {number + 1}/{results['rounds']}: {name} ...", file=sys.stderr)
-        start = _now()
+        start = utc_now()
         first = name not in results["quality"]
         figures = protocol.measure(name, evaluate=first)
         quality = figures.pop("quality", None)
@@ -85,7 +74,7 @@ def _measure_round(protocol, results: dict, number: int, path: Path) -> None:  #
             results["quality"][name] = quality
         elif "weights_sha256" in figures and name in results["quality"]:
             figures["same_weights"] = figures["weights_sha256"] == results["quality"][name].get("weights_sha256")
-        row = {"run_id": results["run_id"], "name": name, "round": number, "start": start, "end": _now(), **figures}
+        row = {"run_id": results["run_id"], "name": name, "round": number, "start": start, "end": utc_now(), **figures}
         results["rows"].append(row)
         _write(path, results)
 
@@ -130,7 +119,7 @@ def main() -> None:
     results.update(rows=[], quality={})
     for number in range(args.rounds):
         _measure_round(protocol, results, number, path)
-    results.update(end=_now(), complete=True, summary=summary(results))
+    results.update(end=utc_now(), complete=True, summary=summary(results))
     results["verdicts"] = judge(protocol.targets, results["rows"], results["quality"])
     _write(path, results)
     for line in results["verdicts"]:

@@ -122,23 +122,23 @@ def median_seconds(run: Callable[[], Any], device: torch.device, repeats: int, w
     return times
 
 
-def _forward(model: nn.Module, ids: torch.Tensor, **kwargs: Any) -> Any:
+def forward_last(model: nn.Module, ids: torch.Tensor, **kwargs: Any) -> Any:
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = 1  # the last position's logits only, as generation computes them
     return model(input_ids=ids, **kwargs)
 
 
-def _decode_seconds(model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device) -> float:
+def decode_seconds(model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device) -> float:
     """Greedy decode of ``new_tokens`` after ``prompt``, one token per step with the KV cache; only the steps
     are timed (the prompt's forward is the prefill's business)."""
     name = family.cache_argument(model)
-    output = _forward(model, prompt, use_cache=True)
+    output = forward_last(model, prompt, use_cache=True)
     cache = output.get("cache", None) or output.get("past_key_values", None)
     token = output.logits[:, -1:].argmax(-1)
     _synchronize(device)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        output = _forward(model, token, use_cache=True, **{name: cache})
+        output = forward_last(model, token, use_cache=True, **{name: cache})
         cache = output.get("cache", None) or output.get("past_key_values", None)
         token = output.logits[:, -1:].argmax(-1)
     _synchronize(device)
@@ -214,9 +214,9 @@ def _time_once(entry: _Measured, device: torch.device, settings: SpeedSettings) 
     prefill_ids, prompt = entry.inputs
     with torch.inference_mode():
         entry.row["prefill_seconds"] += median_seconds(
-            lambda: _forward(entry.model, prefill_ids, use_cache=False), device, repeats=1, warmup=0
+            lambda: forward_last(entry.model, prefill_ids, use_cache=False), device, repeats=1, warmup=0
         )
-        entry.row["decode_seconds"].append(_decode_seconds(entry.model, prompt, settings.new_tokens, device))
+        entry.row["decode_seconds"].append(decode_seconds(entry.model, prompt, settings.new_tokens, device))
 
 
 def _load_measured(
@@ -259,8 +259,8 @@ def _load_measured(
     )
     with torch.inference_mode():
         for _ in range(settings.warmup):
-            _forward(model, prefill_ids, use_cache=False)
-            _decode_seconds(model, prompt, settings.new_tokens, device)
+            forward_last(model, prefill_ids, use_cache=False)
+            decode_seconds(model, prompt, settings.new_tokens, device)
     if settings.repeats:
         _time_once(entry, device, settings)
     entry.row.update(
