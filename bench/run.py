@@ -9,6 +9,12 @@ keeps what it measured and says it is incomplete). Every row records its round, 
 versions of the tool that produced it; the file records the host, the commit (and whether the tree was clean)
 and the exact command. Quality (perplexity) is measured in the first round; later rounds check that the same
 weights came out. Verdicts (bench/verdict.py) compare rows of this run only.
+
+    python bench/run.py --rejudge bench/results/runs/<run id>.json
+
+derives the quality, the spreads and the verdicts again from that file's rows (after a fix to this script or
+to the verdict rules; the measured figures are not touched, and the file says when and by which commit it
+was re-judged).
 """
 
 from __future__ import annotations
@@ -67,16 +73,42 @@ def _measure_round(protocol, results: dict, number: int, path: Path) -> None:  #
     for name in _rotated(results["names"], number):
         print(f"[run {results['run_id']}] round {number + 1}/{results['rounds']}: {name} ...", file=sys.stderr)
         start = utc_now()
-        first = name not in results["quality"]
-        figures = protocol.measure(name, evaluate=first)
-        quality = figures.pop("quality", None)
-        if quality is not None:
-            results["quality"][name] = quality
-        elif "weights_sha256" in figures and name in results["quality"]:
-            figures["same_weights"] = figures["weights_sha256"] == results["quality"][name].get("weights_sha256")
+        figures = protocol.measure(name, evaluate=name not in results["quality"])
+        _quality(results, name, figures)
         row = {"run_id": results["run_id"], "name": name, "round": number, "start": start, "end": utc_now(), **figures}
         results["rows"].append(row)
         _write(path, results)
+
+
+def _quality(results: dict, name: str, figures: dict) -> None:
+    """A configuration's first perplexity is its quality (the steps print it as ``ppl``, beside the SHA-256 of
+    the weights); the rounds after it, run without evaluation, must write the same weights."""
+    known = results["quality"].get(name)
+    if known is None and figures.get("ppl") is not None:
+        results["quality"][name] = {"ppl": figures["ppl"], "weights_sha256": figures.get("weights_sha256")}
+    elif known is not None and "weights_sha256" in figures:
+        figures["same_weights"] = figures["weights_sha256"] == known.get("weights_sha256")
+
+
+def _judged(results: dict, targets: list) -> dict:  # noqa: ANN001
+    results.update(summary=summary(results))
+    results["verdicts"] = judge(targets, results["rows"], results["quality"])
+    return results
+
+
+def rejudge(path: Path) -> dict:
+    """The quality, spreads and verdicts of a complete run's file derived again from its rows."""
+    from protocols import PROTOCOLS
+
+    results = json.loads(path.read_text())
+    if not results.get("complete"):
+        sys.exit(f"{path} is not a complete run: measure it again")
+    results["quality"] = {}
+    for row in sorted(results["rows"], key=lambda row: row["round"]):
+        _quality(results, row["name"], row)
+    results["rejudged"] = {"at": utc_now(), **git_state()}
+    _write(path, _judged(results, PROTOCOLS[results["protocol"]].targets))
+    return results
 
 
 def summary(results: dict) -> dict:
@@ -98,12 +130,18 @@ def main() -> None:
     from protocols import PROTOCOLS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("protocol", choices=sorted(PROTOCOLS))
+    parser.add_argument("protocol", nargs="?", choices=sorted(PROTOCOLS))
+    parser.add_argument("--rejudge", type=Path, metavar="RUN.json", help="derive a run's verdicts again, run nothing")
     parser.add_argument("--only", nargs="+", help="configurations (their peers and floors are added)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration (default 3, at least 3)")
     parser.add_argument("--list", action="store_true", help="print the configurations and targets, run nothing")
     parser.add_argument("--out", type=Path, help="the results file (default bench/results/runs/<run id>.json)")
     args = parser.parse_args()
+    if args.rejudge:
+        _print_verdicts(rejudge(args.rejudge), args.rejudge)
+        return
+    if args.protocol is None:
+        parser.error("give a protocol (or --rejudge RUN.json)")
     protocol = PROTOCOLS[args.protocol]()
     if args.list:
         for target in protocol.targets:
@@ -119,9 +157,12 @@ def main() -> None:
     results.update(rows=[], quality={})
     for number in range(args.rounds):
         _measure_round(protocol, results, number, path)
-    results.update(end=utc_now(), complete=True, summary=summary(results))
-    results["verdicts"] = judge(protocol.targets, results["rows"], results["quality"])
-    _write(path, results)
+    results.update(end=utc_now(), complete=True)
+    _write(path, _judged(results, protocol.targets))
+    _print_verdicts(results, path)
+
+
+def _print_verdicts(results: dict, path: Path) -> None:
     for line in results["verdicts"]:
         ratio = line["ratio"]
         print(

@@ -49,7 +49,17 @@ def provenance(results: dict, path: Path) -> str:
         f"Run `{results['run_id']}` (`{path.relative_to(ROOT)}`): protocol {results['protocol']}, "
         f"{results['rounds']} rounds; {host.get('cpu')}, {host.get('cpus')} cores, kernel {host.get('kernel')}; "
         f"commit `{results['commit'][:10]}` ({clean}); {results['start']} to {results['end']}; "
-        f"command `{results['command']}`."
+        f"command `{results['command']}`." + _rejudged(results)
+    )
+
+
+def _rejudged(results: dict) -> str:
+    again = results.get("rejudged")
+    if not again:
+        return ""
+    return (
+        f" Quality, spreads and verdicts derived again from these rows by `bench/run.py --rejudge` at commit "
+        f"`{(again.get('commit') or '?')[:10]}`, {again['at']}."
     )
 
 

@@ -78,7 +78,7 @@ class _Toy:
         self.calls.append((name, evaluate))
         seconds = {"fast": 1.0, "slow": 3.0}[name]
         figures = {"tool": name, "prune_s": seconds, "weights_sha256": name}
-        return {**figures, "quality": {"ppl": 10.0, "weights_sha256": name}} if evaluate else figures
+        return {**figures, "ppl": 10.0} if evaluate else figures  # as bench/q_cpu.py's steps print them
 
 
 def test_a_run_interleaves_rounds_and_writes_one_file(tmp_path, monkeypatch, capsys):
@@ -108,3 +108,17 @@ def test_timings_need_three_rounds(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run.py", "toy", "--rounds", "2"])
     with pytest.raises(SystemExit, match="at least 3 rounds"):
         run.main()
+
+
+def test_rejudging_a_run_derives_the_same_verdicts_from_its_rows(tmp_path, monkeypatch):
+    import protocols
+
+    monkeypatch.setitem(protocols.PROTOCOLS, "toy", _Toy)
+    out = tmp_path / "run.json"
+    monkeypatch.setattr(sys, "argv", ["run.py", "toy", "--out", str(out)])
+    run.main()
+    measured = json.loads(out.read_text())
+    out.write_text(json.dumps({**measured, "quality": {}, "verdicts": []}))
+    again = run.rejudge(out)
+    assert again["verdicts"] == measured["verdicts"] and again["quality"] == measured["quality"]
+    assert again["rows"] == measured["rows"] and "rejudged" in json.loads(out.read_text())
