@@ -85,6 +85,13 @@ def test_indefinite_hessian_retries_with_more_dampening():
     assert result.dampening == pytest.approx(10.0) and torch.isfinite(result.weight).all()
 
 
+@pytest.mark.bad_input
+def test_a_hessian_no_dampening_mends_is_a_clear_error():
+    hessian = torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]])  # inputs with NaN
+    with pytest.raises(NumericalError, match="dampening"):
+        inverse_hessian_factor(hessian, 0.01)
+
+
 def test_inputs_that_never_fire_are_handled_as_the_reference():
     weight, inputs, _ = _layer(columns=16)
     inputs[:, [3, 7]] = 0

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..checks import check_positive, check_whole
-from ..errors import RecipeError
+from ..errors import NumericalError, RecipeError
 from ..patterns import NMPattern, check_nm_columns, lowest_mask
 from .base import HESSIAN, LayerPlan, Method, Solution, register_method
 
@@ -61,7 +61,11 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if int(info) == 0 and torch.isfinite(upper).all():
                 return upper, fraction
-    raise torch.linalg.LinAlgError("the Hessian is not positive definite even with strong dampening")
+    raise NumericalError(
+        f"a layer's Hessian (X X^T of its calibration inputs) is not positive definite even with dampening "
+        f"{fraction:g} x mean(diag H) (from {dampening:g}, grown tenfold {retries} times): its inputs hold NaN, Inf "
+        "or huge values; check the model's weights and the calibration text, or use another method for this layer"
+    )
 
 
 def _block_prune_counts(rows: int, columns: int, blocksize: int, sparsity: float) -> list[int]:
