@@ -1,5 +1,5 @@
 """Optional dependencies: the core install prunes and evaluates Hugging Face folders; GGUF files, hub data sets,
-zero-shot tasks, plots and LoRA each need an extra. A feature whose extra is missing stops with one line that
+zero-shot tasks, plots, LoRA and llama.cpp each need an extra. A feature whose extra is missing stops with one line that
 says what to install."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from .errors import MissingExtraError
 
 # module -> (extra, what needs it)
 EXTRAS = {
-    "gguf": ("gguf", "reading a GGUF file"),
+    "gguf": ("gguf", "reading or writing a GGUF file"),
     "accelerate": ("gguf", "reading a GGUF file"),  # transformers' GGUF loader needs it
     "datasets": ("datasets", "named data sets from the Hugging Face Hub (c4, wikitext2, ptb)"),
     "lm_eval": ("eval", "zero-shot tasks"),
     "matplotlib": ("plots", "plots"),
     "peft": ("train", "LoRA fine-tuning"),
+    "llama_cpp": ("llama", "checking a GGUF file in llama.cpp"),
 }
 
 

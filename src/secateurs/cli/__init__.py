@@ -25,6 +25,7 @@ RUNNERS: dict[str, Runner] = {
     "train-prune": train.run,
     "pack": pack.run_pack_command,
     "unpack": pack.run_unpack_command,
+    "export": pack.run_export_command,
     "bench": bench.run,
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..allocation.schedule import parse_schedule
 from ..engine import DEFAULT_BATCH_SIZE
+from ..io.gguf_export import OUTTYPES as GGUF_TYPES
 from ..models.load import DTYPES
 from ..recipe import DEFAULT_SPARSITY
 from .parser import Flag, group
@@ -226,6 +227,15 @@ PRUNE = (
         "hf: what from_pretrained reads; packed: pruned weights compressed (bitmask or N:M), read by secateurs.load",
         choices=("hf", "packed"),
     ),
+    Flag(
+        "--gguf",
+        "job.gguf",
+        "also write the pruned model as this GGUF file, for llama.cpp (checked in llama.cpp when secateurs[llama] "
+        "is installed)",
+        metavar="OUT.gguf",
+    ),
+    Flag("--gguf-outtype", "job.gguf_outtype", "the GGUF file's matrix type", choices=GGUF_TYPES),
+    Flag("--no-gguf-check", "job.gguf_check", "do not check the GGUF file in llama.cpp", kind="flip"),
     *COMMON,
 )
 
@@ -357,6 +367,22 @@ UNPACK = (
     *QUIET,
 )
 
+EXPORT = (
+    Flag("model", "job.model", "a model folder (one secateurs wrote, packed or not, or a Hugging Face one)"),
+    Flag("out", "job.out", "the file written (OUT.gguf)"),
+    Flag("--to", "job.to", "the format written", choices=("gguf",)),
+    Flag("--outtype", "job.outtype", "the matrices' type (norms stay f32)", choices=GGUF_TYPES),
+    Flag(
+        "--no-check",
+        "job.check",
+        "do not load the file in llama.cpp to compare its greedy continuations with the folder's model",
+        kind="flip",
+    ),
+    Flag("--overwrite", "job.overwrite", "replace an existing OUT", kind="switch"),
+    Flag("--trust-pickle", "job.trust_pickle", "allow pickle (.bin) checkpoints (unpickling runs code)", kind="switch"),
+    *QUIET,
+)
+
 BENCH = (
     Flag("models", "job.models", "model folders (HF or packed), the dense one first", kind="many", metavar="MODEL"),
     Flag("--device", "job.device", "cpu, cuda, cuda:N or auto"),
@@ -389,5 +415,6 @@ COMMANDS = {
     "train-prune": ("prune while training: gradual, movement or iterative", TRAIN_PRUNE),
     "pack": ("store a pruned HF folder's pruned weights compressed", PACK),
     "unpack": ("write a packed checkpoint as an ordinary HF folder", UNPACK),
+    "export": ("write a model folder as a GGUF file for llama.cpp", EXPORT),
     "bench": ("inference speed and memory, as ratios to the first model (protocol S)", BENCH),
 }

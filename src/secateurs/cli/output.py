@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..report import REPORT_MARKDOWN, Report
+from ..report import REPORT_MARKDOWN, GgufRecord, Report
+from ..report.serialize import to_json_value
 
 
 def emit(as_json: bool, lines: list[str], document: dict[str, Any]) -> None:
@@ -50,7 +51,29 @@ def prune_lines(report: Report, out: Path) -> list[str]:
         )
     size = f"{(report.weight_file_bytes or 0) / 1e6:,.1f} MB of weights, {report.checkpoint_format}"
     lines += [f"  model         {out}  ({size})", f"  report        {out / REPORT_MARKDOWN}"]
+    if report.gguf is not None:
+        lines += ["  " + line for line in gguf_lines(report.gguf)]
     return lines
+
+
+def gguf_lines(record: GgufRecord) -> list[str]:
+    """A GGUF file written, and llama.cpp's verdict on it."""
+    lines = [f"GGUF {record.path}: {record.bytes / 1e6:,.1f} MB ({record.outtype}, tokenizer {record.tokenizer})"]
+    check = record.llama_cpp
+    if check is None:
+        lines.append('  not checked in llama.cpp: install "secateurs[llama]" to check it')
+    elif check.matches:
+        runs = f"{check.prompts} prompts x {check.new_tokens} tokens"
+        lines.append(f"  llama.cpp: the model's greedy continuations ({runs})")
+    else:
+        differ = f"{len(check.differing)} of {check.prompts}"
+        lines.append(f"  llama.cpp: WARNING, greedy continuations differ for {differ} prompts:")
+        lines += [f"    {line}" for line in check.differing]
+    return lines
+
+
+def record_document(record: Any) -> dict[str, Any]:
+    return to_json_value(record)
 
 
 def prune_document(report: Report, out: Path) -> dict[str, Any]:

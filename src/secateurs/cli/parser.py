@@ -17,6 +17,7 @@ from ..errors import RecipeError
 from ..evaluate import Evaluation
 from ..methods import METHODS, UPDATES, DSnoT
 from ..pipeline import EvalJob, PruneJob
+from ..pipeline.export import ExportJob
 from ..pipeline.pack import PackJob, UnpackJob
 from ..recipe import SparseRecipe, StructuredRecipe
 from ..recover import Lora, Training, TrainJob, TrainPruning
@@ -81,6 +82,7 @@ ROOTS: dict[str, dict[str, list[type]]] = {
     "train-prune": {"job": [TrainJob]},
     "pack": {"job": [PackJob]},
     "unpack": {"job": [UnpackJob]},
+    "export": {"job": [ExportJob]},
     "bench": {"job": [BenchJob]},
 }
 

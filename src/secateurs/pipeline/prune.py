@@ -20,9 +20,10 @@ from ..engine import WalkParts, WalkSettings, WalkState, fix_mmap_threshold
 from ..engine.memory import available_memory
 from ..engine.offload import DiskBlocks, model_bytes_on_disk, open_offloaded
 from ..engine.resume import fingerprint, has_state, source_identity, state_folder
-from ..errors import CalibrationError, RecipeError, ResumeError
+from ..errors import CalibrationError, OutputError, RecipeError, ResumeError
 from ..evaluate import Evaluation, perplexity
 from ..io import FORMATS, check_output_folder, load, save, write_folder_atomically
+from ..io.gguf_export import OUTTYPES, check_gguf_output
 from ..io.hf import write_report
 from ..io.sharded import write_sharded
 from ..models import find_blocks, resolve_device, resolve_dtype
@@ -32,6 +33,7 @@ from ..report import EvaluationRecord, Report, machine, peak_cuda_mib, peak_rss_
 from ..structured import prune_structured
 from ..tuning import EbftTuner
 from . import distributed
+from .export import export_gguf
 from .options import JobOptions, RunOptions, distill_model
 from .sparse import all_targets, check_parts, prune_sparse
 
@@ -115,10 +117,14 @@ class PruneJob(JobOptions):
     format: str = "hf"
     overwrite: bool = False
     resume: bool = False
+    gguf: str | Path | None = None
+    gguf_outtype: str = "f32"
+    gguf_check: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.recipe = load_recipe(self.recipe)
+        check_choice(self.gguf_outtype, "gguf_outtype", OUTTYPES)
         if self.recipe.needs_calibration and self.recipe.calibration is None:
             self.recipe = dataclasses.replace(self.recipe, calibration=Calibration())
         check_choice(self.format, "format", FORMATS)
@@ -200,6 +206,13 @@ def _check(job: PruneJob) -> _Run:
     if job.resume and not has_state(out):
         raise ResumeError(f"nothing to resume for {out} (no {state_folder(out).name}): run without --resume")
     offloaded = _offloaded(job)
+    if job.gguf is not None:
+        check_gguf_output(job.gguf, job.overwrite)
+        if offloaded:
+            raise OutputError(
+                f"writing a GGUF file needs the whole model in memory, and this run streams it from disk: prune "
+                f"without the GGUF file, then run secateurs export {out} --to gguf {job.gguf}"
+            )
     ranks = distributed.from_environment(device)
     if ranks is not None:
         if structured:
@@ -289,6 +302,8 @@ def run_prune(job: PruneJob) -> Report:
             return report
     report.perplexity_before, report.perplexity_after = before, _evaluate(run, model, eval_ids, "eval_after")
     _describe(report, run)
+    if job.gguf is not None:
+        report.gguf = export_gguf(model, tokenizer, Path(job.gguf), job.gguf_outtype, str(job.model), job.gguf_check)
     _save(run, model, tokenizer, report, store, state)
     if state is not None:
         state.finish()

@@ -132,6 +132,28 @@ def _cost(report: Report) -> list[str]:
     return lines if len(lines) > 1 else []
 
 
+def _gguf(report: Report) -> list[str]:
+    gguf = report.gguf
+    if gguf is None:
+        return []
+    lines = [
+        "## GGUF file",
+        f"{gguf.path}: {gguf.bytes:,} bytes, {gguf.architecture} architecture, matrices in {gguf.outtype}; "
+        f"tokenizer: {gguf.tokenizer}.",
+    ]
+    check = gguf.llama_cpp
+    if check is None:
+        lines.append('Not checked in llama.cpp (install "secateurs[llama]" to check it).')
+    else:
+        verdict = "equal" if check.matches else f"different for {len(check.differing)} prompt(s)"
+        lines.append(
+            f"llama.cpp (llama-cpp-python {check.version}) loaded it; its greedy continuations of {check.prompts} "
+            f"prompts, {check.new_tokens} tokens each, are {verdict} to the Hugging Face model's. Its tokenizer "
+            f"splits the prompts {'the same way' if check.tokenizer_matches else 'differently'}."
+        )
+    return lines
+
+
 def _depth_candidates(report: Report) -> list[str]:
     structured = report.structured
     if structured is None or not structured.candidates:
@@ -224,6 +246,7 @@ def write_markdown_report(report: Report, folder: str | Path) -> Path:
         _quality(report),
         _recipe(report),
         _cost(report),
+        _gguf(report),
         _depth_candidates(report),
         _width_layers(report, folder),
         _sparse_layers(report, folder),

@@ -157,6 +157,32 @@ class TrainingRecord:
 
 
 @dataclass
+class LlamaCppRecord:
+    """llama.cpp's check of a GGUF file: greedy continuations of ``prompts`` prompts, ``new_tokens`` each, against
+    the Hugging Face model's (``matches``: all equal); ``tokenizer_matches``: llama.cpp split the prompts' text
+    into the same tokens."""
+
+    version: str
+    new_tokens: int
+    prompts: int
+    matches: bool
+    tokenizer_matches: bool
+    differing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GgufRecord:
+    """A GGUF file written: ``tokenizer`` says whether the tokenizer and metadata came from the source GGUF."""
+
+    path: str
+    bytes: int
+    outtype: str
+    architecture: str
+    tokenizer: str
+    llama_cpp: LlamaCppRecord | None = None
+
+
+@dataclass
 class Report:
     """What ``secateurs.json`` holds. ``kind``: prune, finetune or train-prune. Sizes in MiB, times in seconds."""
 
@@ -174,6 +200,7 @@ class Report:
     allocation: AllocationRecord | None = None
     distill: DistillRecord | None = None
     structured: StructuredRecord | None = None
+    gguf: GgufRecord | None = None
     training: TrainingRecord | None = None
     layers: list[LayerRecord] = field(default_factory=list)
     perplexity_before: float | None = None
