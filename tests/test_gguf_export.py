@@ -189,3 +189,26 @@ def test_a_full_disk_leaves_no_file_behind(tokenizer, tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="No space left"):
         write_gguf(tiny("llama", tokenizer), tokenizer, tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sentencepiece_style_tokenizer_is_written_as_llamas(tmp_path):
+    # Llama 2, Mistral and Phi-3 folders: BPE with byte fallback and "▁" for spaces (gguf's LlamaHfVocab)
+    pytest.importorskip("llama_cpp", reason="the [llama] extra (llama-cpp-python) checks files in llama.cpp")
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from secateurs.data import builtin_text
+
+    spm = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    spm.train_from_iterator([builtin_text()[:100_000]], trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
+    PreTrainedTokenizerFast(tokenizer_object=spm, unk_token="<unk>", bos_token="<s>", eos_token="</s>").save_pretrained(
+        tmp_path / "spm"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "spm")
+    model = tiny("llama", tokenizer)
+    write_gguf(model, tokenizer, tmp_path / "m.gguf")
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["tokenizer.ggml.model"].contents() == "llama"
+    assert llama_cpp_check(tmp_path / "m.gguf", model, tokenizer)["matches"]
