@@ -21,11 +21,15 @@ def _schedule(text: str) -> dict[str, float]:
     return {"first": first, "last": last}
 
 
+TRUST_PICKLE = Flag(
+    "--trust-pickle", "job.trust_pickle", "allow pickle (.bin) checkpoints (unpickling runs code)", kind="switch"
+)
+
 COMMON = (
     Flag("--device", "job.device", "cpu, cuda, cuda:N or auto"),
     Flag("--dtype", "job.dtype", "the dtype the model is loaded and pruned in", choices=DTYPE_CHOICES),
     Flag("--threads", "cli.threads", "CPU threads for torch (default: torch's)", kind=int),
-    Flag("--trust-pickle", "job.trust_pickle", "allow pickle (.bin) checkpoints (unpickling runs code)", kind="switch"),
+    TRUST_PICKLE,
     Flag("--quiet", "job.progress", "no progress bars", kind="flip"),
     Flag("--json", "cli.json", "print one machine-readable JSON line instead of the summary", kind="switch"),
 )
@@ -379,7 +383,7 @@ EXPORT = (
         kind="flip",
     ),
     Flag("--overwrite", "job.overwrite", "replace an existing OUT", kind="switch"),
-    Flag("--trust-pickle", "job.trust_pickle", "allow pickle (.bin) checkpoints (unpickling runs code)", kind="switch"),
+    TRUST_PICKLE,
     *QUIET,
 )
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import OutputError, UnsupportedModelError
 from ..extras import require
+from .atomic import write_file_atomic
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -367,43 +368,54 @@ def write_gguf(
         raise OutputError(f"GGUF type {outtype!r} is not one secateurs writes: choose one of {', '.join(OUTTYPES)}")
     layout = layout_of(model.config)
     out = Path(out)
-    temporary = out.with_name(f".{out.stem}.partial-{os.getpid()}.gguf")
-    writer = gguf.GGUFWriter(temporary, layout.arch)
+    vocabulary = []
+
+    def fill(temporary: Path) -> None:
+        writer = gguf.GGUFWriter(temporary, layout.arch)
+        try:
+            vocabulary.append(_describe(writer, model, tokenizer, layout, outtype, source_gguf, name))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=False)
+        finally:
+            writer.close()
+
     try:
-        if name:
-            writer.add_name(name)
-        write_hparams(writer, model.config, layout)
-        writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        if source_gguf is not None:
-            copy_metadata(writer, source_gguf, _written_keys(writer))
-            tokenizer = "source"
-        else:
-            with tempfile.TemporaryDirectory() as folder:
-                if tokenizer is None:
-                    raise UnsupportedModelError("the model has no tokenizer: GGUF needs one; save it with the model")
-                tokenizer.save_pretrained(folder)
-                pre = write_vocab_from_folder(writer, Path(folder), model.config.vocab_size)
-            tokenizer = f"built ({pre} pre-tokenizer)"
-        for target, tensor in gguf_tensors(model, layout):
-            data, kind = _encoded(tensor, target, outtype)
-            writer.add_tensor(target, data, raw_dtype=kind)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
-        writer.close()
-        os.replace(temporary, out)
+        write_file_atomic(out, fill)
     except OSError as error:
         raise OutputError(f"could not write {out}: {error.strerror or error}: free space or choose another path") from (
             error
         )
-    finally:
-        writer.close()
-        temporary.unlink(missing_ok=True)
     return {
         "path": str(out),
         "bytes": out.stat().st_size,
         "outtype": outtype,
         "architecture": layout.arch,
-        "tokenizer": tokenizer,
+        "tokenizer": vocabulary[0],
     }
+
+
+def _describe(
+    writer: Any, model: nn.Module, tokenizer: Any, layout: Layout, outtype: str, source: Path | None, name: str | None
+) -> str:
+    """Every key and tensor of the file, in ``writer``; returns where the tokenizer came from."""
+    gguf = require("gguf")
+    if name:
+        writer.add_name(name)
+    write_hparams(writer, model.config, layout)
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if source is not None:
+        copy_metadata(writer, source, _written_keys(writer))
+        vocabulary = "source"
+    else:
+        if tokenizer is None:
+            raise UnsupportedModelError("the model has no tokenizer: GGUF needs one; save it with the model")
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer.save_pretrained(folder)
+            pre = write_vocab_from_folder(writer, Path(folder), model.config.vocab_size)
+        vocabulary = f"built ({pre} pre-tokenizer)"
+    for target, tensor in gguf_tensors(model, layout):
+        data, kind = _encoded(tensor, target, outtype)
+        writer.add_tensor(target, data, raw_dtype=kind)
+    return vocabulary
