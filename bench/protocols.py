@@ -92,4 +92,173 @@ class QCpu:
         return _child("q_cpu.py", "--step", "secateurs", "--arg", name, *flags)
 
 
-PROTOCOLS = {"q-cpu": QCpu}
+class Structured:
+    """Structured cuts under protocol Q-CPU (quality; bench/structured.py): each configuration pruned in a fresh
+    process from the float32 model with the 128 x 512 calibration windows, perplexity in the first round."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(HERE))
+        import q_cpu
+        import structured
+
+        self.structured = structured
+        self.trained = structured.TRAINED_PAIRS
+        self.targets = [
+            Target(f"{refit} perplexity / {plain}'s", refit, "ppl", plain, 0.80)
+            for refit, plain in structured.ONE_SHOT_PAIRS
+        ]
+        self.facts = {
+            **q_cpu.facts(),
+            "calibration": f"C4 slice, {q_cpu.NSAMPLES} x {q_cpu.SEQLEN}, seed 0 (depth search: the first "
+            f"{structured.DEPTH_WINDOWS} windows)",
+        }
+
+    def known(self) -> list[str]:
+        return ["dense", *self.structured.CONFIGURATIONS]
+
+    def selection(self, only: list[str] | None) -> list[str]:
+        """The configurations asked for, what their targets compare with, the one-shot starts of training rows,
+        and dense (every perplexity's reference)."""
+        known = self.known()
+        wanted = list(only or known)
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            sys.exit(f"unknown configuration {', '.join(unknown)}: see python bench/run.py structured --list")
+        pairs = [(target.row, target.other) for target in self.targets] + self.trained
+        wanted += [other for row, other in pairs if row in wanted and other not in wanted]
+        return list(dict.fromkeys(["dense", *wanted]))
+
+    def prepare(self) -> None:
+        _child("q_cpu.py", "--step", "prepare")
+
+    def measure(self, name: str, evaluate: bool) -> dict:
+        flags = [] if evaluate else ["--no-eval"]
+        return _child("structured.py", "--step", "quality", "--arg", json.dumps(name), *flags)
+
+
+class Cuts:
+    """What protocols S and GGUF share: the structured cuts (bench/cuts.py), prepared once per run, and each
+    row's parameter ratios to dense, which the targets' ideal gains are."""
+
+    cuts = ("dense", "depth-6-distill", "mlp-25", "depth-6-distill+mlp-25")
+    gguf = False
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(HERE))
+        import cuts
+        import q_cpu
+
+        self.cuts_module = cuts
+        self.facts = {
+            "model": q_cpu.GGUF.name,
+            "cuts": {cut: cuts.CUTS[cut][1] for cut in self.cuts},
+            "calibration": f"C4 slice, {q_cpu.NSAMPLES} x {q_cpu.SEQLEN}, seed 0 (the cuts' pruning)",
+            "threads": q_cpu.THREADS,
+            "settings": self.settings,
+        }
+        self.prepared: dict = {}
+
+    def selection(self, only: list[str] | None) -> list[str]:
+        """The configurations asked for, each with its dense reference (the one of the same format)."""
+        known = self.known()
+        wanted = list(only or known)
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            sys.exit(f"unknown configuration {', '.join(unknown)}: one of {', '.join(known)}")
+        for target in self.targets:
+            if target.row in wanted and target.other not in wanted:
+                wanted.append(target.other)
+        return wanted
+
+    def prepare(self) -> None:
+        _child("q_cpu.py", "--step", "prepare")
+        self.prepared = _child("cuts.py", "--step", "prepare", *([] if self.gguf else ["--no-gguf"]))
+        self.facts["prepared"] = self.prepared
+
+    def ratios(self, cut: str) -> dict:
+        """The cut's parameters against dense's: all of them, and the matrices a decode step multiplies."""
+        mine, dense = self.prepared[cut], self.prepared["dense"]
+        return {
+            "parameter_ratio": mine["parameters"] / dense["parameters"],
+            "ideal_speedup_blocks": dense["block_matmul"] / mine["block_matmul"],
+            "ideal_speedup_matmul": dense["matmul"] / mine["matmul"],
+        }
+
+
+class S(Cuts):
+    """Protocol S on the structured cuts: PyTorch float32 on the CPU, prefill 8 x 512, decode 128 tokens at
+    batch 1 (median of 5 after a warm-up, in each round's fresh process)."""
+
+    figures = ("prefill_tokens_per_s", "decode_tokens_per_s", "peak_memory_mib")
+    settings = "float32, prefill 8 x 512, decode 128 tokens at batch 1, median of 5 after a warm-up"
+    targets = [
+        Target(
+            f"{cut}: decode speedup's share of its ideal gain (matrices, lm_head included)",
+            cut,
+            "decode_tokens_per_s",
+            "dense",
+            0.80,
+            bound="at least",
+            ideal="ideal_speedup_matmul",
+        )
+        for cut in Cuts.cuts[1:]
+    ]
+
+    def known(self) -> list[str]:
+        return list(self.cuts)
+
+    def measure(self, name: str, evaluate: bool) -> dict:
+        return {**_child("cuts.py", "--step", "torch", "--arg", name), **self.ratios(name)}
+
+
+def _gguf_targets() -> list[Target]:
+    targets = []
+    for outtype in ("f32", "f16", "q8_0"):
+        dense = f"dense@{outtype}"
+        for cut in Cuts.cuts[1:]:
+            name = f"{cut}@{outtype}"
+            targets += [
+                Target(
+                    f"{name}: decode speedup's share of its ideal gain (the blocks' parameters)",
+                    name,
+                    "decode_tokens_per_s",
+                    dense,
+                    0.80,
+                    bound="at least",
+                    ideal="ideal_speedup_blocks",
+                ),
+                Target(
+                    f"{name}: file size ratio over parameter ratio",
+                    name,
+                    "file_bytes",
+                    dense,
+                    0.02,
+                    bound="within",
+                    per="parameter_ratio",
+                ),
+            ]
+    return targets
+
+
+class Gguf(Cuts):
+    """Protocol GGUF: the cuts written as GGUF (f32, f16, q8_0) and run in llama.cpp (llama-cpp-python) with 2
+    threads: a 512-token prompt, then 128 tokens decoded at batch 1 (median of 3 after a warm-up, in each
+    round's fresh process); WikiText-2 perplexity of each file read back by secateurs' loader and evaluator."""
+
+    gguf = True
+    figures = ("prompt_tokens_per_s", "decode_tokens_per_s", "file_bytes")
+    settings = (
+        "llama.cpp (llama-cpp-python), float16 KV cache, a 512-token WikiText-2 prompt then 128 tokens at batch 1, "
+        "median of 3 after a warm-up; perplexity: WikiText-2 test, first 32 windows of 2048, file read back"
+    )
+    targets = _gguf_targets()
+
+    def known(self) -> list[str]:
+        return [f"{cut}@{outtype}" for outtype in ("f32", "f16", "q8_0") for cut in self.cuts]
+
+    def measure(self, name: str, evaluate: bool) -> dict:
+        flags = [] if evaluate else ["--no-eval"]
+        return {**_child("cuts.py", "--step", "gguf", "--arg", name, *flags), **self.ratios(name.split("@")[0])}
+
+
+PROTOCOLS = {"q-cpu": QCpu, "structured": Structured, "s": S, "gguf": Gguf}

@@ -84,8 +84,8 @@ def _quality(results: dict, name: str, figures: dict) -> None:
     """A configuration's first perplexity is its quality (the steps print it as ``ppl``, beside the SHA-256 of
     the weights); the rounds after it, run without evaluation, must write the same weights."""
     known = results["quality"].get(name)
-    if known is None and figures.get("ppl") is not None:
-        results["quality"][name] = {"ppl": figures["ppl"], "weights_sha256": figures.get("weights_sha256")}
+    if known is None and (figures.get("ppl") is not None or figures.get("weights_sha256") is not None):
+        results["quality"][name] = {"ppl": figures.get("ppl"), "weights_sha256": figures.get("weights_sha256")}
     elif known is not None and "weights_sha256" in figures:
         figures["same_weights"] = figures["weights_sha256"] == known.get("weights_sha256")
 
@@ -111,16 +111,20 @@ def rejudge(path: Path) -> dict:
     return results
 
 
+TIMED = ("prune_s", "peak_rss_mib", "one_pass_s")  # protocol Q-CPU's (a protocol names its own in ``figures``)
+
+
 def summary(results: dict) -> dict:
-    """Per configuration: each timed figure's median, min and max over the rounds."""
+    """Per configuration: each measured figure's median, min and max over the rounds."""
+    figures = results.get("figures", TIMED)
     out: dict[str, dict] = {}
     for row in results["rows"]:
         entry = out.setdefault(row["name"], {"tool": row.get("tool"), "versions": row.get("versions", {})})
-        for figure in ("prune_s", "peak_rss_mib", "one_pass_s"):
+        for figure in figures:
             if row.get(figure) is not None:
                 entry.setdefault(figure, []).append(row[figure])
     for entry in out.values():
-        for figure in ("prune_s", "peak_rss_mib", "one_pass_s"):
+        for figure in figures:
             if figure in entry:
                 entry[figure] = spread(entry[figure])
     return out
@@ -145,7 +149,7 @@ def main() -> None:
     protocol = PROTOCOLS[args.protocol]()
     if args.list:
         for target in protocol.targets:
-            print(f"{target.row:40s} {target.figure:13s} / {target.other:32s} <= {target.limit}")
+            print(f"{target.row:40s} {target.figure:20s} / {target.other:32s} {target.limit_text()}")
         return
     if args.rounds < 3:
         sys.exit("--rounds: timings need at least 3 rounds (a median with its spread)")
@@ -154,6 +158,9 @@ def main() -> None:
     run_id = f"{args.protocol}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     path = args.out or RUNS / f"{run_id}.json"
     results = {**provenance(args.protocol, run_id), **protocol.facts, "rounds": args.rounds, "names": names}
+    results["figures"] = list(getattr(protocol, "figures", TIMED))
+    if getattr(protocol, "trained", None):
+        results["trained"] = [list(pair) for pair in protocol.trained if set(pair) <= set(names)]
     results.update(rows=[], quality={})
     for number in range(args.rounds):
         _measure_round(protocol, results, number, path)
@@ -164,10 +171,10 @@ def main() -> None:
 
 def _print_verdicts(results: dict, path: Path) -> None:
     for line in results["verdicts"]:
-        ratio = line["ratio"]
+        ratio, limit = line["ratio"], line.get("limit_text", f"<= {line['limit']}")
         print(
             f"{line['label']}: {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}] "
-            f"against <= {line['limit']}: {line['verdict']}"
+            f"against {limit}: {line['verdict']}"
         )
     print(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from common import ROOT
+from verdict import spread
 
 RUNS = ROOT / "bench" / "results" / "runs"
 
@@ -37,7 +38,8 @@ def _spread(entry: dict | None, digits: int = 0) -> str:
 def _versions(entry: dict) -> str:
     versions = entry.get("versions", {})
     tool = "llmcompressor" if entry.get("tool") == "llmcompressor" else "secateurs"
-    named = [f"{tool} {versions.get(tool, '?')}"] if tool in versions else []
+    named = [f"llama-cpp-python {versions['llama_cpp_python']}"] if "llama_cpp_python" in versions else []
+    named += [f"{tool} {versions.get(tool, '?')}"] if tool in versions else []
     named += [f"{name} {versions[name]}" for name in ("torch", "transformers") if name in versions]
     return ", ".join(named)
 
@@ -70,20 +72,104 @@ def rows_table(results: dict) -> list[str]:
     ]
     for name, entry in results["summary"].items():
         ppl = results["quality"].get(name, {}).get("ppl")
-        same = [row.get("same_weights") for row in results["rows"] if row["name"] == name and row["round"] > 0]
         lines.append(
             f"| {name} | {_versions(entry)} | {f'{ppl:.2f}' if ppl else '-'} | {_spread(entry.get('prune_s'), 1)} | "
-            f"{_spread(entry.get('peak_rss_mib'))} | {_spread(entry.get('one_pass_s'), 1)} | "
-            f"{'-' if not same or None in same else ('yes' if all(same) else '**no**')} |"
+            f"{_spread(entry.get('peak_rss_mib'))} | {_spread(entry.get('one_pass_s'), 1)} | {_same(results, name)} |"
         )
     return lines
+
+
+def _same(results: dict, name: str) -> str:
+    same = [row.get("same_weights") for row in results["rows"] if row["name"] == name and row["round"] > 0]
+    return "-" if not same or None in same else ("yes" if all(same) else "**no**")
+
+
+def speedups(results: dict, name: str, dense: str) -> dict | None:
+    """A configuration's decode speed over dense's, round by round (both measured in the round)."""
+    mine = {row["round"]: row for row in results["rows"] if row["name"] == name}
+    theirs = {row["round"]: row for row in results["rows"] if row["name"] == dense}
+    found = [mine[n]["decode_tokens_per_s"] / theirs[n]["decode_tokens_per_s"] for n in mine.keys() & theirs.keys()]
+    return spread(found) if found else None
+
+
+def _dense_of(name: str) -> str:
+    return "dense" + (f"@{name.split('@')[1]}" if "@" in name else "")
+
+
+def cuts_table(results: dict) -> list[str]:
+    """Protocols S and GGUF: each cut's speeds, its decode speedup over dense in the same rounds, and the ideal
+    speedups its parameters give."""
+    gguf = results["protocol"] == "gguf"
+    first = "| configuration | tool and versions |" + (" ppl | file MiB |" if gguf else "")
+    speed = "prompt tok/s" if gguf else "prefill tok/s"
+    lines = [
+        f"{first} {speed} | decode tok/s | decode speedup | ideal: blocks | ideal: with lm_head | same weights |",
+        "| --- " * (10 if gguf else 8) + "|",
+    ]
+    for name, entry in results["summary"].items():
+        row = next(row for row in results["rows"] if row["name"] == name)
+        ppl = (results["quality"].get(name) or {}).get("ppl")
+        cells = [name, _versions(entry)]
+        if gguf:
+            cells += [f"{ppl:.2f}" if ppl else "-", f"{row['file_bytes'] / 2**20:.1f}"]
+        cells += [
+            _spread(entry.get("prompt_tokens_per_s" if gguf else "prefill_tokens_per_s"), 0),
+            _spread(entry.get("decode_tokens_per_s"), 1),
+            _spread(speedups(results, name, _dense_of(name)), 3),
+            f"{row['ideal_speedup_blocks']:.3f}",
+            f"{row['ideal_speedup_matmul']:.3f}",
+            _same(results, name),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def structured_table(results: dict) -> list[str]:
+    """Protocol structured: each cut's size, perplexity (and its ratio to dense) and pruning cost."""
+    dense = (results["quality"].get("dense") or {}).get("ppl")
+    lines = [
+        "| configuration | tool and versions | parameters | ppl | ppl / dense | prune s | peak RSS MiB | same weights "
+        "|",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in results["summary"].items():
+        row = next(row for row in results["rows"] if row["name"] == name)
+        ppl = (results["quality"].get(name) or {}).get("ppl")
+        lines.append(
+            f"| {name} | {_versions(entry)} | {row['parameters']:,} | "
+            f"{f'{ppl:.2f}' if ppl else '-'} | {f'{ppl / dense:.2f}' if ppl and dense else '-'} | "
+            f"{_spread(entry.get('prune_s'), 1)} | {_spread(entry.get('peak_rss_mib'))} | {_same(results, name)} |"
+        )
+    return lines
+
+
+def trained_table(results: dict) -> list[str]:
+    """Rows with training, each against the one-shot run it starts from: its gain and its cost, no target."""
+    lines = [
+        "| with training | its one-shot start | ppl / the start's | prune time / the start's |",
+        "| --- | --- | --- | --- |",
+    ]
+    for trained, start in results.get("trained", []):
+        mine, theirs = results["quality"].get(trained) or {}, results["quality"].get(start) or {}
+        if not mine.get("ppl") or not theirs.get("ppl"):
+            continue
+        rounds = {row["round"]: row for row in results["rows"] if row["name"] == start}
+        cost = [
+            row["prune_s"] / rounds[row["round"]]["prune_s"]
+            for row in results["rows"]
+            if row["name"] == trained and row["round"] in rounds
+        ]
+        cost_spread = _spread(spread(cost) if cost else None, 2)
+        lines.append(f"| {trained} | {start} | {mine['ppl'] / theirs['ppl']:.3f} | {cost_spread} |")
+    return lines if len(lines) > 2 else []
 
 
 def verdict_table(results: dict) -> list[str]:
     lines = ["| target | ratio, median [min, max] over rounds | limit | verdict |", "| --- | --- | --- | --- |"]
     for line in results["verdicts"]:
         mark = line["verdict"] if line["verdict"] == "met" else f"**{line['verdict']}**"
-        lines.append(f"| {line['label']} | {_spread(line['ratio'], 3)} | <= {line['limit']} | {mark} |")
+        limit = line.get("limit_text", f"<= {line['limit']}")
+        lines.append(f"| {line['label']} | {_spread(line['ratio'], 3)} | {limit} | {mark} |")
     return lines
 
 
@@ -91,13 +177,12 @@ def run_block(path: Path) -> str:
     results = json.loads(path.read_text())
     if len({row["run_id"] for row in results["rows"]}) != 1:
         raise SystemExit(f"{path}: rows of several runs; a table shows one run only")
-    return "\n".join(
-        [
-            provenance(results, path),
-            f"Peak RSS: {results.get('peak_rss_point', 'see the protocol')}.",
-            "",
-            *rows_table(results),
-            "",
-            *verdict_table(results),
-        ]
-    )
+    if results["protocol"] in ("s", "gguf"):
+        measured = [f"Settings: {results['settings']}.", "", *cuts_table(results)]
+    elif results["protocol"] == "structured":
+        trained = trained_table(results)
+        measured = [f"Peak RSS: {results['peak_rss_point']}.", "", *structured_table(results)]
+        measured += ["", "Training rows, against the one-shot run each starts from:", "", *trained] if trained else []
+    else:
+        measured = [f"Peak RSS: {results.get('peak_rss_point', 'see the protocol')}.", "", *rows_table(results)]
+    return "\n".join([provenance(results, path), *measured, "", *verdict_table(results)])

@@ -84,18 +84,33 @@ CONFIGURATIONS: dict[str, dict] = {
         "distill": {"epochs": 1},
     },
 }
-REFIT_PAIRS = [
+# a re-fit against the same removal without it (the target: 20% lower perplexity)
+ONE_SHOT_PAIRS = [
     ("mlp-10", "mlp-10-no-refit"),
     ("mlp-25", "mlp-25-no-refit"),
     ("mlp-25-obs", "mlp-25-obs-no-refit"),
     ("mlp-25-obs", "mlp-25-no-refit"),  # re-fit with channels chosen for it, against the best plain removal
     ("heads-3-of-9", "heads-3-of-9-no-refit"),
+]
+# training rows against the one-shot run they start from (bench/run.py: their gain and cost, no target)
+TRAINED_PAIRS = [
+    ("mlp-25-ebft", "mlp-25"),
+    ("mlp-25-ebft-model", "mlp-25"),
+    ("heads-3-of-9-ebft", "heads-3-of-9"),
+    ("mlp-25-distill", "mlp-25"),
+    ("heads-3-of-9-distill", "heads-3-of-9"),
+    ("depth-3-distill", "depth-3"),  # depth has no least-squares re-fit: distillation is its reconstruction
+    ("depth-6-distill", "depth-6"),
+]
+# the older merged file's comparisons: training rows against the plain removal
+REFIT_PAIRS = [
+    *ONE_SHOT_PAIRS,
     ("mlp-25-ebft", "mlp-25-no-refit"),
     ("mlp-25-ebft-model", "mlp-25-no-refit"),
     ("heads-3-of-9-ebft", "heads-3-of-9-no-refit"),
     ("mlp-25-distill", "mlp-25-no-refit"),
     ("heads-3-of-9-distill", "heads-3-of-9-no-refit"),
-    ("depth-3-distill", "depth-3"),  # depth has no least-squares re-fit: distillation is its reconstruction
+    ("depth-3-distill", "depth-3"),
     ("depth-6-distill", "depth-6"),
 ]
 
@@ -113,13 +128,16 @@ def matmul_parameters(model) -> int:  # noqa: ANN001
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
 
 
-def run_quality(name: str) -> dict:
+def run_quality(name: str, evaluate: bool = True) -> dict:
+    """Prune one configuration in this process and save it; its perplexity when ``evaluate`` (bench/run.py's
+    later rounds time the pruning again and check that the same weights come out)."""
     import torch
+    from q_cpu import weights_sha256
     from safetensors.torch import load_file
 
     from secateurs import evaluation_ids, load, load_recipe, prune, save
     from secateurs.evaluate import perplexity
-    from secateurs.report import EvaluationRecord, versions
+    from secateurs.report import EvaluationRecord, peak_rss_mib, versions
     from secateurs.report.serialize import to_json_value
 
     torch.set_num_threads(THREADS)
@@ -146,13 +164,17 @@ def run_quality(name: str) -> dict:
             candidates=to_json_value(cut.candidates) if cut.candidates else None,
             distill=to_json_value(report.distill) if report.distill is not None else None,
         )
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["parameters"] = sum({id(p): p.numel() for p in model.parameters()}.values())  # tied ones once
+    result["weights_sha256"] = weights_sha256(model.state_dict())
     result["matmul_parameters"] = matmul_parameters(model)
     result["ideal_speedup"] = dense_matmul / result["matmul_parameters"]
-    ids = evaluation_ids(WIKITEXT, tokenizer, EVAL_SEQLEN)
-    result["ppl"] = perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
+    if evaluate:
+        ids = evaluation_ids(WIKITEXT, tokenizer, EVAL_SEQLEN)
+        result["ppl"] = perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
     folder = OUT / name
     OUT.mkdir(parents=True, exist_ok=True)
-    if report is not None:
+    if report is not None and evaluate:
         report.perplexity_after = result["ppl"]
         report.evaluation = EvaluationRecord(WIKITEXT.name, EVAL_SEQLEN, EVAL_WINDOWS)
     save(model, tokenizer, folder, report, overwrite=True)  # the pruned folders hold the prune's secateurs.json
@@ -276,10 +298,12 @@ def main() -> None:
     )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
+    parser.add_argument("--no-eval", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
         names = json.loads(args.arg)
-        print(json.dumps(run_quality(names) if args.step == "quality" else run_speed(names)))
+        quality = args.step == "quality"
+        print(json.dumps(run_quality(names, evaluate=not args.no_eval) if quality else run_speed(names)))
         return
     path = args.results
     if args.readme:

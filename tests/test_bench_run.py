@@ -45,6 +45,31 @@ def test_a_floor_counts_the_walks_passes_at_the_walks_batch():
     assert ratios(target, rows, {}) == []
 
 
+def test_a_speedup_is_judged_as_its_share_of_the_ideal_gain():
+    # ideal 1.25x (a fifth of the weights gone); 1.22x reaches 88% of the gain, 1.18x only 72%
+    target = Target("decode", "cut", "decode_tokens_per_s", "dense", 0.8, bound="at least", ideal="ideal")
+    rows = [_row("dense", n, decode_tokens_per_s=100.0) for n in range(3)]
+    rows += [_row("cut", n, decode_tokens_per_s=tps, ideal=1.25) for n, tps in enumerate((122.0, 121.0, 123.0))]
+    assert ratios(target, rows, {}) == pytest.approx([0.88, 0.84, 0.92])
+    assert judge([target], rows, {})[0]["verdict"] == "met"
+    rows[3]["decode_tokens_per_s"] = 118.0
+    (line,) = judge([target], rows, {})
+    assert line["verdict"] == "inconclusive" and line["limit_text"] == ">= 0.8"
+    assert verdict([0.5, 0.7], 0.8, "at least") == "not met"
+
+
+def test_a_size_within_two_percent_of_its_parameter_ratio():
+    target = Target("size", "cut", "file_bytes", "dense", 0.02, bound="within", per="parameter_ratio")
+    rows = [_row("dense", 0, file_bytes=1000), _row("cut", 0, file_bytes=790, parameter_ratio=0.8)]
+    (line,) = judge([target], rows, {})
+    assert line["ratio"]["median"] == pytest.approx(0.9875) and line["verdict"] == "met"
+    rows[1]["file_bytes"] = 760  # 0.95 of the parameter ratio: 5% off
+    assert judge([target], rows, {})[0]["verdict"] == "not met"
+    assert verdict([0.97, 1.01], 0.02, "within") == "inconclusive"
+    with pytest.raises(ValueError, match="unknown bound"):
+        verdict([1.0], 0.1, "about")
+
+
 def test_quality_is_one_ratio_of_the_first_rounds_perplexities():
     target = Target("ppl", "ours", "ppl", "peer", 1.0)
     quality = {"ours": {"ppl": 44.0}, "peer": {"ppl": 45.0}}
