@@ -319,10 +319,10 @@ def blocks() -> list[tuple[Path, str, str, str]]:
         found.append((DOC, sweep_q_cpu.BEGIN, sweep_q_cpu.END, sweep_q_cpu.readme_block(read(sweep_q_cpu.RESULTS))))
     if speed_s.RESULTS.exists():
         found.append((DOC, speed_s.BEGIN, speed_s.END, speed_s.report_markdown(read(speed_s.RESULTS))))
-    for protocol in ("s", "gguf"):
+    for protocol in ("structured", "s", "gguf"):
         latest = run_tables.latest_run(protocol)
-        if latest is not None:
-            found.append((DOC, *run_tables.markers(protocol), run_tables.run_block(latest)))
+        body = run_tables.run_block(latest) if latest else f"No run yet: `python bench/run.py {protocol}`."
+        found.append((DOC, *run_tables.markers(protocol), body))
     run = run_tables.latest_run("q-cpu")
     if run is not None:  # one run's rows: the README's summary comes from it, and its own block in the docs
         found.append((DOC, *run_tables.markers("q-cpu"), run_tables.run_block(run)))

@@ -32,7 +32,7 @@ def _spread(entry: dict | None, digits: int = 0) -> str:
     if not entry:
         return "-"
     middle, low, high = (round(entry[key], digits) for key in ("median", "min", "max"))
-    return f"{middle:g} [{low:g}, {high:g}]" if entry["n"] > 1 else f"{middle:g}"
+    return f"{middle:g} [{low:g}, {high:g}]" if entry["n"] > 1 and low != high else f"{middle:g}"
 
 
 def _versions(entry: dict) -> str:
@@ -48,7 +48,8 @@ def provenance(results: dict, path: Path) -> str:
     host = results["host"]
     clean = "clean tree" if results["clean"] else "uncommitted changes in the tree"
     return (
-        f"Run `{results['run_id']}` (`{path.relative_to(ROOT)}`): protocol {results['protocol']}, "
+        f"Run `{results['run_id']}` (`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`): "
+        f"protocol {results['protocol']}, "
         f"{results['rounds']} rounds; {host.get('cpu')}, {host.get('cpus')} cores, kernel {host.get('kernel')}; "
         f"commit `{results['commit'][:10]}` ({clean}); {results['start']} to {results['end']}; "
         f"command `{results['command']}`." + _rejudged(results)

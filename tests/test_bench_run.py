@@ -147,3 +147,92 @@ def test_rejudging_a_run_derives_the_same_verdicts_from_its_rows(tmp_path, monke
     again = run.rejudge(out)
     assert again["verdicts"] == measured["verdicts"] and again["quality"] == measured["quality"]
     assert again["rows"] == measured["rows"] and "rejudged" in json.loads(out.read_text())
+
+
+def _cut_rows(run_id: str = "r1") -> list[dict]:
+    """Three rounds of a dense file and a cut with a fifth of the blocks' weights gone (ideal 1.25x)."""
+    rows = []
+    for number, (dense, cut) in enumerate(((80.0, 98.0), (84.0, 101.0), (78.0, 97.0))):
+        common = {"tool": "llama.cpp", "versions": {"llama_cpp_python": "0.3.36", "secateurs": "0.1.0"}}
+        rows.append(
+            _row(
+                "dense@f32",
+                number,
+                run_id,
+                decode_tokens_per_s=dense,
+                prompt_tokens_per_s=800.0,
+                file_bytes=1000,
+                parameter_ratio=1.0,
+                ideal_speedup_blocks=1.0,
+                ideal_speedup_matmul=1.0,
+                **common,
+            )
+        )
+        rows.append(
+            _row(
+                "cut@f32",
+                number,
+                run_id,
+                decode_tokens_per_s=cut,
+                prompt_tokens_per_s=990.0,
+                file_bytes=805,
+                parameter_ratio=0.8,
+                ideal_speedup_blocks=1.25,
+                ideal_speedup_matmul=1.19,
+                **common,
+            )
+        )
+    return rows
+
+
+def test_a_gguf_run_renders_speedups_against_the_ideal_gain(tmp_path):
+    import run_tables
+
+    targets = [
+        Target(
+            "cut decode",
+            "cut@f32",
+            "decode_tokens_per_s",
+            "dense@f32",
+            0.8,
+            bound="at least",
+            ideal="ideal_speedup_blocks",
+        ),
+        Target("cut size", "cut@f32", "file_bytes", "dense@f32", 0.02, bound="within", per="parameter_ratio"),
+    ]
+    results = {
+        "protocol": "gguf",
+        "run_id": "r1",
+        "rounds": 3,
+        "host": {"cpu": "toy", "cpus": 2, "kernel": "k"},
+        "commit": "0" * 40,
+        "clean": True,
+        "start": "s",
+        "end": "e",
+        "command": "python bench/run.py gguf",
+        "settings": "toy",
+        "figures": ["prompt_tokens_per_s", "decode_tokens_per_s", "file_bytes"],
+        "rows": _cut_rows(),
+        "quality": {"dense@f32": {"ppl": 21.8}, "cut@f32": {"ppl": 25.0}},
+    }
+    results = run._judged(results, targets)
+    decode, size = results["verdicts"]
+    # speedups 1.225, 1.202, 1.244: 90%, 81%, 97% of the ideal gain
+    assert decode["verdict"] == "met" and decode["ratio"]["min"] == pytest.approx((101 / 84 - 1) / 0.25)
+    assert size["verdict"] == "met" and size["ratio"]["median"] == pytest.approx(0.805 / 0.8)
+    path = tmp_path / "gguf-r1.json"
+    path.write_text(json.dumps(results))
+    block = run_tables.run_block(path)
+    assert "| cut@f32 | llama-cpp-python 0.3.36, secateurs 0.1.0 | 25.00 |" in block
+    assert "1.225 [1.202, 1.244]" in block and "| cut decode | 0.9 [0.81, 0.974] | >= 0.8 | met |" in block
+    assert "| cut size | 1.006 | 1 ± 0.02 | met |" in block
+
+
+def test_a_table_of_rows_from_two_runs_is_refused(tmp_path):
+    import run_tables
+
+    rows = _cut_rows() + _cut_rows("r2")
+    path = tmp_path / "gguf-mixed.json"
+    path.write_text(json.dumps({"protocol": "gguf", "rows": rows}))
+    with pytest.raises(SystemExit, match="several runs"):
+        run_tables.run_block(path)
