@@ -71,9 +71,14 @@ def check_output_folder(out: str | Path, overwrite: bool = False, source: str | 
         raise OutputError(f"output {out} is a file: choose a folder path for --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"output folder {out} is not empty: choose another --out, or pass --overwrite")
+    check_writable_parent(out, "--out")
+    return out
+
+
+def check_writable_parent(out: Path, option: str) -> None:
+    """The folder ``out`` goes in must exist and take new files (``option``: the flag that named ``out``)."""
     parent = out.parent
     if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist: create it first, or choose another --out")
+        raise OutputError(f"the folder {parent} does not exist: create it first, or choose another {option}")
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write in {parent}: choose a writable place for --out")
-    return out
+        raise OutputError(f"cannot write in {parent}: choose a writable place for {option}")

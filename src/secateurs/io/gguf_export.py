@@ -20,7 +20,6 @@ anew. Otherwise the tokenizer is built from the folder's tokenizer.json.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from torch import nn
 
 from ..errors import OutputError, UnsupportedModelError
 from ..extras import require
-from .atomic import write_file_atomic
+from .atomic import check_writable_parent, write_file_atomic
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -343,10 +342,7 @@ def check_gguf_output(out: str | Path, overwrite: bool) -> Path:
         raise OutputError(f"{out} is a folder: give a file path ending in .gguf")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists: choose another path, or pass --overwrite")
-    if not out.parent.is_dir():
-        raise OutputError(f"the folder {out.parent} does not exist: create it first")
-    if not os.access(out.parent, os.W_OK):
-        raise OutputError(f"cannot write in {out.parent}: choose a writable place")
+    check_writable_parent(out, "output path")
     return out
 
 
