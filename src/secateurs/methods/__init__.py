@@ -9,6 +9,7 @@ the optional refinement (DSnoT) and OBS update of the recipe.
 
 from __future__ import annotations
 
+from .alps import Alps
 from .base import (
     HESSIAN,
     METHODS,
@@ -30,6 +31,7 @@ from .update import UPDATES, ObsIter, ObsSeq, ObsUpdate
 from .wanda import Wanda
 
 __all__ = [
+    "Alps",
     "HESSIAN",
     "METHODS",
     "NORMS",
