@@ -4,7 +4,8 @@ together (the narrowing applied to the depth-cut model). bench/run.py drives thi
 fresh process and prints one JSON line last.
 
     python bench/cuts.py --step prepare              # the cut folders and their GGUF files (reused when current)
-    python bench/cuts.py --step gguf --arg mlp-25@f16 # one timing of one file in llama.cpp (+ its perplexity)
+    python bench/cuts.py --step gguf --arg mlp-25@f16 # one timing of one file in llama.cpp
+    python bench/cuts.py --step ppl --arg mlp-25@f16  # its perplexity, read back
     python bench/cuts.py --step torch --arg mlp-25    # one timing of one folder in PyTorch (protocol S)
 
 Ideal speedups: a decode step multiplies every matrix once, so the ideal gain of a cut is the ratio of the
@@ -142,9 +143,11 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _llama_timings(path: Path) -> tuple[list[float], list[float]]:
+def _llama_timings(path: Path) -> dict[str, list[float]]:
     """Seconds of the prompt's evaluation and of NEW_TOKENS greedy decode steps, REPEATS times after a warm-up,
-    in llama.cpp with THREADS threads and its default (float16) KV cache, as a user runs it."""
+    in llama.cpp with THREADS threads and its default (float16) KV cache, as a user runs it: measured around
+    llama-cpp-python's generate loop (``wall``), and by llama.cpp's own counters (``engine``: its evaluation
+    only, as llama-bench reports it, without the sampling and Python between tokens)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(
@@ -157,33 +160,37 @@ def _llama_timings(path: Path) -> tuple[list[float], list[float]]:
         verbose=False,
     )
     prompt = _prompt_ids()
-    prompts, decodes = [], []
+    timings: dict[str, list[float]] = {"wall_prompt": [], "wall_decode": [], "engine_prompt": [], "engine_decode": []}
     for repeat in range(REPEATS + 1):  # the first is the warm-up
         llm.reset()  # else generate() reuses the cached prompt instead of evaluating it again
+        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
         start = time.perf_counter()
         steps = llm.generate(prompt, temp=0.0, top_k=1, reset=True)
         next(steps)  # the prompt evaluated and its next token sampled
         after_prompt = time.perf_counter()
         for _ in range(NEW_TOKENS):  # each step evaluates the token before it, then samples
             next(steps)
-        if repeat:
-            prompts.append(after_prompt - start)
-            decodes.append(time.perf_counter() - after_prompt)
+        end = time.perf_counter()
         steps.close()
+        counters = llama_cpp.llama_perf_context(llm._ctx.ctx)
+        if repeat:
+            timings["wall_prompt"].append(after_prompt - start)
+            timings["wall_decode"].append(end - after_prompt)
+            timings["engine_prompt"].append(counters.t_p_eval_ms / 1000 * PROMPT_TOKENS / counters.n_p_eval)
+            timings["engine_decode"].append(counters.t_eval_ms / 1000 * NEW_TOKENS / counters.n_eval)
     llm.close()
-    return prompts, decodes
+    return timings
 
 
-def run_gguf(name: str, evaluate: bool) -> dict:
-    """One round of one GGUF file (``cut@outtype``) in llama.cpp; its perplexity read back by secateurs' loader
-    and evaluator when ``evaluate``."""
+def run_gguf(name: str) -> dict:
+    """One round of one GGUF file (``cut@outtype``) in llama.cpp."""
     import llama_cpp
 
     from secateurs.report import versions
 
     cut, outtype = name.split("@")
     path = gguf_file(cut, outtype)
-    prompts, decodes = _llama_timings(path)
+    timings = _llama_timings(path)
     result = {
         "name": name,
         "tool": "llama.cpp",
@@ -191,13 +198,20 @@ def run_gguf(name: str, evaluate: bool) -> dict:
         "outtype": outtype,
         "file_bytes": path.stat().st_size,
         "weights_sha256": _file_sha256(path),
-        "prompt_tokens_per_s": PROMPT_TOKENS / statistics.median(prompts),
-        "decode_tokens_per_s": NEW_TOKENS / statistics.median(decodes),
+        # llama.cpp's own counters (the targets' figures), and the same around the Python loop
+        "prompt_tokens_per_s": PROMPT_TOKENS / statistics.median(timings["engine_prompt"]),
+        "decode_tokens_per_s": NEW_TOKENS / statistics.median(timings["engine_decode"]),
+        "wall_prompt_tokens_per_s": PROMPT_TOKENS / statistics.median(timings["wall_prompt"]),
+        "wall_decode_tokens_per_s": NEW_TOKENS / statistics.median(timings["wall_decode"]),
         "versions": {**versions(), "llama_cpp_python": llama_cpp.__version__},
     }
-    if evaluate:
-        result["ppl"] = _perplexity(path)
     return result
+
+
+def run_ppl(name: str) -> dict:
+    """The WikiText-2 perplexity of one GGUF file (``cut@outtype``) read back by secateurs' loader."""
+    path = gguf_file(*name.split("@"))
+    return {"ppl": _perplexity(path), "weights_sha256": _file_sha256(path)}
 
 
 def _perplexity(source: Path) -> float:
@@ -237,15 +251,16 @@ def run_torch(cut: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--step", required=True, choices=("prepare", "gguf", "torch"))
-    parser.add_argument("--arg", help="the configuration (gguf: cut@outtype; torch: cut)")
-    parser.add_argument("--no-eval", action="store_true", help="gguf: skip the perplexity")
+    parser.add_argument("--step", required=True, choices=("prepare", "gguf", "ppl", "torch"))
+    parser.add_argument("--arg", help="the configuration (gguf and ppl: cut@outtype; torch: cut)")
     parser.add_argument("--no-gguf", action="store_true", help="prepare: the folders only")
     args = parser.parse_args()
     if args.step == "prepare":
         print(json.dumps(prepare(gguf=not args.no_gguf)))
     elif args.step == "gguf":
-        print(json.dumps(run_gguf(args.arg, evaluate=not args.no_eval)))
+        print(json.dumps(run_gguf(args.arg)))
+    elif args.step == "ppl":
+        print(json.dumps(run_ppl(args.arg)))
     else:
         print(json.dumps(run_torch(args.arg)))
 

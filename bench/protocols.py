@@ -92,6 +92,36 @@ class QCpu:
         return _child("q_cpu.py", "--step", "secateurs", "--arg", name, *flags)
 
 
+# a one-shot recipe's level -> (secateurs' SparseGPT there, llmcompressor's, the perplexity ratio to reach)
+LEVELS = {
+    "50": ("sparsegpt-50", "llmcompressor-sparsegpt-50", 0.80),
+    "2:4": ("sparsegpt-2:4", "llmcompressor-sparsegpt-2:4", 0.80),
+    "70": ("sparsegpt-70", "llmcompressor-sparsegpt-70", 0.60),
+}
+
+
+def _recipe_targets(recipes: dict) -> list[Target]:
+    """Each recipe (named method-level[-more]) against llmcompressor's SparseGPT at its level (perplexity) and
+    secateurs' own SparseGPT there (prune time: the "balanced" budget is 2x)."""
+    targets = []
+    for name in recipes:
+        ours, peer, limit = LEVELS[name.split("-")[1]]
+        targets += [
+            Target(f"{name} perplexity / llmcompressor SparseGPT's", name, "ppl", peer, limit),
+            Target(f"{name} prune time / secateurs SparseGPT's", name, "prune_s", ours, 2.0),
+        ]
+    return targets
+
+
+class Recipes(QCpu):
+    """Protocol Q-CPU for the one-shot recipes beyond SparseGPT (bench/q_cpu.py's RECIPES), each with
+    secateurs' and llmcompressor's SparseGPT at its sparsity in the same run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets = _recipe_targets(self.q_cpu.RECIPES)
+
+
 class Structured:
     """Structured cuts under protocol Q-CPU (quality; bench/structured.py): each configuration pruned in a fresh
     process from the float32 model with the 128 x 512 calibration windows, perplexity in the first round."""
@@ -246,10 +276,11 @@ class Gguf(Cuts):
     round's fresh process); WikiText-2 perplexity of each file read back by secateurs' loader and evaluator."""
 
     gguf = True
-    figures = ("prompt_tokens_per_s", "decode_tokens_per_s", "file_bytes")
+    figures = ("prompt_tokens_per_s", "decode_tokens_per_s", "wall_decode_tokens_per_s", "file_bytes")
     settings = (
         "llama.cpp (llama-cpp-python), float16 KV cache, a 512-token WikiText-2 prompt then 128 tokens at batch 1, "
-        "median of 3 after a warm-up; perplexity: WikiText-2 test, first 32 windows of 2048, file read back"
+        "median of 3 after a warm-up, timed by llama.cpp's own counters (its evaluation only, as llama-bench) and "
+        "around the Python loop (wall); perplexity: WikiText-2 test, first 32 windows of 2048, file read back"
     )
     targets = _gguf_targets()
 
@@ -257,8 +288,11 @@ class Gguf(Cuts):
         return [f"{cut}@{outtype}" for outtype in ("f32", "f16", "q8_0") for cut in self.cuts]
 
     def measure(self, name: str, evaluate: bool) -> dict:
-        flags = [] if evaluate else ["--no-eval"]
-        return {**_child("cuts.py", "--step", "gguf", "--arg", name, *flags), **self.ratios(name.split("@")[0])}
+        return {**_child("cuts.py", "--step", "gguf", "--arg", name), **self.ratios(name.split("@")[0])}
+
+    def quality(self, name: str) -> dict:
+        """The file's perplexity, after the rounds (minutes each: kept out of them)."""
+        return _child("cuts.py", "--step", "ppl", "--arg", name)
 
 
-PROTOCOLS = {"q-cpu": QCpu, "structured": Structured, "s": S, "gguf": Gguf}
+PROTOCOLS = {"q-cpu": QCpu, "recipes": Recipes, "structured": Structured, "s": S, "gguf": Gguf}

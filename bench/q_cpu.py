@@ -111,13 +111,22 @@ ALLOCATION: dict[str, dict] = {
         "distill": {"epochs": 1},
     },
 }
+# one-shot recipes beyond SparseGPT: ALPS (ADMM support, conjugate-gradient re-fit), alone and with OWL
+RECIPES: dict[str, dict] = {
+    "alps-50": {"method": "alps"},
+    "alps-2:4": {"method": "alps", "pattern": "2:4"},
+    "alps-70": {"method": "alps", "sparsity": 0.7},
+    "alps-70-owl": {"method": "alps", "sparsity": 0.7, "allocation": "owl"},
+}
 SECATEURS.update(ALLOCATION)
+SECATEURS.update(RECIPES)
 PEER = {
     "llmcompressor-wanda-50": ("wanda", "unstructured"),
     "llmcompressor-wanda-2:4": ("wanda", "2:4"),
     "llmcompressor-sparsegpt-50": ("sparsegpt", "unstructured"),
     "llmcompressor-sparsegpt-2:4": ("sparsegpt", "2:4"),
     "llmcompressor-sparsegpt-4:8": ("sparsegpt", "4:8"),
+    "llmcompressor-sparsegpt-70": ("sparsegpt", "unstructured", 0.7),
     "llmcompressor-wanda-70": ("wanda", "unstructured", 0.7),
     "llmcompressor-wanda-70-owl": ("wanda", "unstructured", 0.7, "owl"),
 }

@@ -323,6 +323,8 @@ def blocks() -> list[tuple[Path, str, str, str]]:
         latest = run_tables.latest_run(protocol)
         body = run_tables.run_block(latest) if latest else f"No run yet: `python bench/run.py {protocol}`."
         found.append((DOC, *run_tables.markers(protocol), body))
+        if protocol == "gguf" and latest is not None:
+            found.append((README, *run_tables.GGUF_SUMMARY_MARKERS, run_tables.gguf_summary(read(latest), latest)))
     run = run_tables.latest_run("q-cpu")
     if run is not None:  # one run's rows: the README's summary comes from it, and its own block in the docs
         found.append((DOC, *run_tables.markers("q-cpu"), run_tables.run_block(run)))

@@ -73,10 +73,25 @@ def _measure_round(protocol, results: dict, number: int, path: Path) -> None:  #
     for name in _rotated(results["names"], number):
         print(f"[run {results['run_id']}] round {number + 1}/{results['rounds']}: {name} ...", file=sys.stderr)
         start = utc_now()
-        figures = protocol.measure(name, evaluate=name not in results["quality"])
+        # quality in the first round, unless the protocol measures it after the rounds (``quality``)
+        evaluate = name not in results["quality"] and not hasattr(protocol, "quality")
+        figures = protocol.measure(name, evaluate=evaluate)
         _quality(results, name, figures)
         row = {"run_id": results["run_id"], "name": name, "round": number, "start": start, "end": utc_now(), **figures}
         results["rows"].append(row)
+        _write(path, results)
+
+
+def _measure_quality(protocol, results: dict, path: Path) -> None:  # noqa: ANN001
+    """Quality after the timed rounds (a protocol whose evaluation is long keeps it out of the rounds, so each
+    round's timings are minutes apart, not an evaluation apart); the same weights as the rounds timed."""
+    for name in results["names"]:
+        print(f"[run {results['run_id']}] quality: {name} ...", file=sys.stderr)
+        measured = protocol.quality(name)
+        known = results["quality"].setdefault(name, {})
+        if known.get("weights_sha256") not in (None, measured.get("weights_sha256")):
+            sys.exit(f"{name}: the weights evaluated are not the ones timed: run again")
+        known.update(measured)
         _write(path, results)
 
 
@@ -164,6 +179,8 @@ def main() -> None:
     results.update(rows=[], quality={})
     for number in range(args.rounds):
         _measure_round(protocol, results, number, path)
+    if hasattr(protocol, "quality"):
+        _measure_quality(protocol, results, path)
     results.update(end=utc_now(), complete=True)
     _write(path, _judged(results, protocol.targets))
     _print_verdicts(results, path)

@@ -236,3 +236,34 @@ def test_a_table_of_rows_from_two_runs_is_refused(tmp_path):
     path.write_text(json.dumps({"protocol": "gguf", "rows": rows}))
     with pytest.raises(SystemExit, match="several runs"):
         run_tables.run_block(path)
+
+
+class _ToyAfter(_Toy):
+    """A protocol whose evaluation is long: measured once after the rounds, of the weights the rounds timed."""
+
+    def __init__(self, evaluated: str = "fast") -> None:
+        super().__init__()
+        self.evaluated = evaluated
+
+    def quality(self, name: str) -> dict:
+        self.calls.append((f"quality {name}", True))
+        return {"ppl": {"fast": 10.0, "slow": 12.0}[name], "weights_sha256": name if name == "slow" else self.evaluated}
+
+
+def test_a_long_evaluation_comes_after_the_rounds(tmp_path, monkeypatch):
+    import protocols
+
+    toy = _ToyAfter()
+    monkeypatch.setitem(protocols.PROTOCOLS, "toy", lambda: toy)
+    out = tmp_path / "run.json"
+    monkeypatch.setattr(sys, "argv", ["run.py", "toy", "--out", str(out)])
+    run.main()
+    results = json.loads(out.read_text())
+    assert [evaluate for name, evaluate in toy.calls if not name.startswith("quality")] == [False] * 6
+    assert [name for name, _ in toy.calls[-2:]] == ["quality fast", "quality slow"]
+    assert results["quality"]["fast"] == {"ppl": 10.0, "weights_sha256": "fast"}
+    assert all(row["same_weights"] for row in results["rows"] if row["round"] > 0)
+    toy = _ToyAfter(evaluated="other weights")
+    monkeypatch.setitem(protocols.PROTOCOLS, "toy", lambda: toy)
+    with pytest.raises(SystemExit, match="not the ones timed"):
+        run.main()
