@@ -16,7 +16,6 @@ weights multiplied per token, dense over cut; ``ideal_speedup_blocks`` counts th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from q_cpu import CALIB, EVAL_SEQLEN, EVAL_WINDOWS, MODEL, THREADS, WIKITEXT, WORK  # noqa: E402
-from structured import CONFIGURATIONS  # noqa: E402
+from structured import CONFIGURATIONS, matmul_parameters, unique_parameters  # noqa: E402
 
 OUT = WORK / "cuts"
 # cut -> (the folder it is pruned from, the recipe); dense is the float32 model itself
@@ -49,16 +48,12 @@ def gguf_file(cut: str, outtype: str) -> Path:
 
 
 def parameters(model) -> dict:  # noqa: ANN001
-    """Every parameter once (tied embeddings once), and the matrices a decode step multiplies."""
-    import torch
-
-    unique = {id(p): p.numel() for p in model.parameters()}
-    blocks = model.get_decoder().layers
-    block_matmul = sum(m.weight.numel() for m in blocks.modules() if isinstance(m, torch.nn.Linear))
+    """Every parameter once (tied embeddings once), and the matrices a decode step multiplies: the blocks', and
+    with lm_head."""
     return {
-        "parameters": sum(unique.values()),
-        "block_matmul": block_matmul,
-        "matmul": block_matmul + model.get_output_embeddings().weight.numel(),
+        "parameters": unique_parameters(model),
+        "block_matmul": matmul_parameters(model.get_decoder().layers),
+        "matmul": matmul_parameters(model),
     }
 
 
@@ -135,14 +130,6 @@ def _prompt_ids() -> list[int]:
     return tokenizer(WIKITEXT.read_text()[:20000], add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _llama_timings(path: Path) -> dict[str, list[float]]:
     """Seconds of the prompt's evaluation and of NEW_TOKENS greedy decode steps, REPEATS times after a warm-up,
     in llama.cpp with THREADS threads and its default (float16) KV cache, as a user runs it: measured around
@@ -186,6 +173,7 @@ def run_gguf(name: str) -> dict:
     """One round of one GGUF file (``cut@outtype``) in llama.cpp."""
     import llama_cpp
 
+    from secateurs.engine.resume import file_sha256
     from secateurs.report import versions
 
     cut, outtype = name.split("@")
@@ -197,7 +185,7 @@ def run_gguf(name: str) -> dict:
         "cut": cut,
         "outtype": outtype,
         "file_bytes": path.stat().st_size,
-        "weights_sha256": _file_sha256(path),
+        "weights_sha256": file_sha256(path),
         # llama.cpp's own counters (the targets' figures), and the same around the Python loop
         "prompt_tokens_per_s": PROMPT_TOKENS / statistics.median(timings["engine_prompt"]),
         "decode_tokens_per_s": NEW_TOKENS / statistics.median(timings["engine_decode"]),
@@ -210,8 +198,10 @@ def run_gguf(name: str) -> dict:
 
 def run_ppl(name: str) -> dict:
     """The WikiText-2 perplexity of one GGUF file (``cut@outtype``) read back by secateurs' loader."""
+    from secateurs.engine.resume import file_sha256
+
     path = gguf_file(*name.split("@"))
-    return {"ppl": _perplexity(path), "weights_sha256": _file_sha256(path)}
+    return {"ppl": _perplexity(path), "weights_sha256": file_sha256(path)}
 
 
 def _perplexity(source: Path) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from verdict import Target
@@ -17,6 +18,23 @@ def _child(script: str, *args: str) -> dict:
     """Run a bench script's step in a fresh process; it prints one JSON line last."""
     done = subprocess.run([sys.executable, str(HERE / script), *args], stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def select(only: list[str] | None, default: list[str], known: Collection[str], pairs: list, hint: str) -> list[str]:
+    """The configurations asked for (``default`` when none is; an unknown one ends the run with ``hint``), then
+    the other side of every (row, other) pair whose row is wanted: what its target compares it with."""
+    wanted = list(only or default)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        sys.exit(f"unknown configuration {', '.join(unknown)}: {hint}")
+    for row, other in pairs:
+        if row in wanted and other not in wanted:
+            wanted.append(other)
+    return wanted
+
+
+def _pairs(targets: list[Target]) -> list[tuple[str, str]]:
+    return [(target.row, target.other) for target in targets]
 
 
 def _q_cpu_targets() -> list[Target]:
@@ -71,14 +89,9 @@ class QCpu:
 
     def selection(self, only: list[str] | None) -> list[str]:
         """The configurations asked for (every target's row when none is), then what their targets compare with."""
-        wanted = list(only or dict.fromkeys(target.row for target in self.targets))
-        unknown = [name for name in wanted if name not in self.known()]
-        if unknown:
-            sys.exit(f"unknown configuration {', '.join(unknown)}: see python bench/run.py q-cpu --list")
-        for target in self.targets:
-            if target.row in wanted and target.other not in wanted:
-                wanted.append(target.other)
-        return wanted
+        rows = list(dict.fromkeys(target.row for target in self.targets))
+        hint = "see python bench/run.py q-cpu --list"
+        return select(only, rows, self.known(), _pairs(self.targets), hint)
 
     def prepare(self) -> None:
         _child("q_cpu.py", "--step", "prepare")
@@ -149,13 +162,8 @@ class Structured:
     def selection(self, only: list[str] | None) -> list[str]:
         """The configurations asked for, what their targets compare with, the one-shot starts of training rows,
         and dense (every perplexity's reference)."""
-        known = self.known()
-        wanted = list(only or known)
-        unknown = [name for name in wanted if name not in known]
-        if unknown:
-            sys.exit(f"unknown configuration {', '.join(unknown)}: see python bench/run.py structured --list")
-        pairs = [(target.row, target.other) for target in self.targets] + self.trained
-        wanted += [other for row, other in pairs if row in wanted and other not in wanted]
+        known, hint = self.known(), "see python bench/run.py structured --list"
+        wanted = select(only, known, known, _pairs(self.targets) + self.trained, hint)
         return list(dict.fromkeys(["dense", *wanted]))
 
     def prepare(self) -> None:
@@ -191,14 +199,7 @@ class Cuts:
     def selection(self, only: list[str] | None) -> list[str]:
         """The configurations asked for, each with its dense reference (the one of the same format)."""
         known = self.known()
-        wanted = list(only or known)
-        unknown = [name for name in wanted if name not in known]
-        if unknown:
-            sys.exit(f"unknown configuration {', '.join(unknown)}: one of {', '.join(known)}")
-        for target in self.targets:
-            if target.row in wanted and target.other not in wanted:
-                wanted.append(target.other)
-        return wanted
+        return select(only, known, known, _pairs(self.targets), f"one of {', '.join(known)}")
 
     def prepare(self) -> None:
         _child("q_cpu.py", "--step", "prepare")

@@ -93,6 +93,16 @@ def speedups(results: dict, name: str, dense: str) -> dict | None:
     return spread(found) if found else None
 
 
+def _first_row(results: dict, name: str) -> dict:
+    """A configuration's first row: its figures that do not change from round to round (sizes, ideals)."""
+    return next(row for row in results["rows"] if row["name"] == name)
+
+
+def _ppl(results: dict, name: str) -> str:
+    ppl = (results["quality"].get(name) or {}).get("ppl")
+    return f"{ppl:.2f}" if ppl else "-"
+
+
 def _dense_of(name: str) -> str:
     return "dense" + (f"@{name.split('@')[1]}" if "@" in name else "")
 
@@ -110,11 +120,10 @@ def cuts_table(results: dict) -> list[str]:
         "| --- " * ((10 if gguf else 8) + wall) + "|",
     ]
     for name, entry in results["summary"].items():
-        row = next(row for row in results["rows"] if row["name"] == name)
-        ppl = (results["quality"].get(name) or {}).get("ppl")
+        row = _first_row(results, name)
         cells = [name, _versions(entry)]
         if gguf:
-            cells += [f"{ppl:.2f}" if ppl else "-", f"{row['file_bytes'] / 2**20:.1f}"]
+            cells += [_ppl(results, name), f"{row['file_bytes'] / 2**20:.1f}"]
         cells += [
             _spread(entry.get("prompt_tokens_per_s" if gguf else "prefill_tokens_per_s"), 0),
             _spread(entry.get("decode_tokens_per_s"), 1),
@@ -137,11 +146,10 @@ def structured_table(results: dict) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in results["summary"].items():
-        row = next(row for row in results["rows"] if row["name"] == name)
         ppl = (results["quality"].get(name) or {}).get("ppl")
         lines.append(
-            f"| {name} | {_versions(entry)} | {row['parameters']:,} | "
-            f"{f'{ppl:.2f}' if ppl else '-'} | {f'{ppl / dense:.2f}' if ppl and dense else '-'} | "
+            f"| {name} | {_versions(entry)} | {_first_row(results, name)['parameters']:,} | "
+            f"{_ppl(results, name)} | {f'{ppl / dense:.2f}' if ppl and dense else '-'} | "
             f"{_spread(entry.get('prune_s'), 1)} | {_spread(entry.get('peak_rss_mib'))} | {_same(results, name)} |"
         )
     return lines
@@ -209,13 +217,11 @@ def gguf_summary(results: dict, path: Path, outtype: str = "f16") -> str:
     for name, entry in results["summary"].items():
         if not name.endswith(f"@{outtype}"):
             continue
-        cut = name.split("@")[0]
-        row = next(row for row in results["rows"] if row["name"] == name)
-        ppl = (results["quality"].get(name) or {}).get("ppl")
+        cut, file_bytes = name.split("@")[0], _first_row(results, name)["file_bytes"]
         lines.append(
-            f"| {cut} | {prepared[cut]['parameters'] / 1e6:.1f} M | {row['file_bytes'] / 2**20:.0f} | "
+            f"| {cut} | {prepared[cut]['parameters'] / 1e6:.1f} M | {file_bytes / 2**20:.0f} | "
             f"{_spread(entry.get('decode_tokens_per_s'), 1)} | "
-            f"{_spread(speedups(results, name, f'dense@{outtype}'), 2)} | {f'{ppl:.2f}' if ppl else '-'} |"
+            f"{_spread(speedups(results, name, f'dense@{outtype}'), 2)} | {_ppl(results, name)} |"
         )
     host = results["host"]
     lines += [

@@ -128,6 +128,11 @@ def matmul_parameters(model) -> int:  # noqa: ANN001
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
 
 
+def unique_parameters(model) -> int:  # noqa: ANN001
+    """Every parameter once (a tied embedding and lm_head once)."""
+    return sum({id(p): p.numel() for p in model.parameters()}.values())
+
+
 def run_quality(name: str, evaluate: bool = True) -> dict:
     """Prune one configuration in this process and save it; its perplexity when ``evaluate`` (bench/run.py's
     later rounds time the pruning again and check that the same weights come out)."""
@@ -165,7 +170,7 @@ def run_quality(name: str, evaluate: bool = True) -> dict:
             distill=to_json_value(report.distill) if report.distill is not None else None,
         )
     result["peak_rss_mib"] = peak_rss_mib()
-    result["parameters"] = sum({id(p): p.numel() for p in model.parameters()}.values())  # tied ones once
+    result["parameters"] = unique_parameters(model)
     result["weights_sha256"] = weights_sha256(model.state_dict())
     result["matmul_parameters"] = matmul_parameters(model)
     result["ideal_speedup"] = dense_matmul / result["matmul_parameters"]

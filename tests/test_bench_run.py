@@ -151,37 +151,18 @@ def test_rejudging_a_run_derives_the_same_verdicts_from_its_rows(tmp_path, monke
 
 def _cut_rows(run_id: str = "r1") -> list[dict]:
     """Three rounds of a dense file and a cut with a fifth of the blocks' weights gone (ideal 1.25x)."""
+    common = {"tool": "llama.cpp", "versions": {"llama_cpp_python": "0.3.36", "secateurs": "0.1.0"}}
+    fixed = {
+        "dense@f32": {"prompt_tokens_per_s": 800.0, "file_bytes": 1000, "parameter_ratio": 1.0},
+        "cut@f32": {"prompt_tokens_per_s": 990.0, "file_bytes": 805, "parameter_ratio": 0.8},
+    }
+    ideals = {"dense@f32": (1.0, 1.0), "cut@f32": (1.25, 1.19)}
     rows = []
-    for number, (dense, cut) in enumerate(((80.0, 98.0), (84.0, 101.0), (78.0, 97.0))):
-        common = {"tool": "llama.cpp", "versions": {"llama_cpp_python": "0.3.36", "secateurs": "0.1.0"}}
-        rows.append(
-            _row(
-                "dense@f32",
-                number,
-                run_id,
-                decode_tokens_per_s=dense,
-                prompt_tokens_per_s=800.0,
-                file_bytes=1000,
-                parameter_ratio=1.0,
-                ideal_speedup_blocks=1.0,
-                ideal_speedup_matmul=1.0,
-                **common,
-            )
-        )
-        rows.append(
-            _row(
-                "cut@f32",
-                number,
-                run_id,
-                decode_tokens_per_s=cut,
-                prompt_tokens_per_s=990.0,
-                file_bytes=805,
-                parameter_ratio=0.8,
-                ideal_speedup_blocks=1.25,
-                ideal_speedup_matmul=1.19,
-                **common,
-            )
-        )
+    for number, speeds in enumerate(((80.0, 98.0), (84.0, 101.0), (78.0, 97.0))):
+        for name, speed in zip(fixed, speeds, strict=True):
+            blocks, matmul = ideals[name]
+            figures = {"decode_tokens_per_s": speed, "ideal_speedup_blocks": blocks, "ideal_speedup_matmul": matmul}
+            rows.append(_row(name, number, run_id, **figures, **fixed[name], **common))
     return rows
 
 

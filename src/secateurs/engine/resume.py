@@ -95,7 +95,8 @@ def save_tensors_streaming(tensors: dict[str, torch.Tensor], path: Path) -> None
             handle.write(memoryview(flat.view(torch.uint8).numpy()))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 16 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 24), b""):
@@ -131,8 +132,8 @@ class WalkState:
         save_tensors_streaming({f"batch.{j:05d}": h for j, h in enumerate(hidden)}, self.folder / inputs_file)
         previous_inputs = f"inputs-{index:05d}.safetensors"
         self.files.pop(previous_inputs, None)
-        self.files[block_file] = _sha256(self.folder / block_file)
-        self.files[inputs_file] = _sha256(self.folder / inputs_file)
+        self.files[block_file] = file_sha256(self.folder / block_file)
+        self.files[inputs_file] = file_sha256(self.folder / inputs_file)
         self.blocks_done = index + 1
         self._write_json()
         (self.folder / previous_inputs).unlink(missing_ok=True)
@@ -175,7 +176,7 @@ class WalkState:
             )
         for name, digest in document["files"].items():
             file = self.folder / name
-            if not file.is_file() or _sha256(file) != digest:
+            if not file.is_file() or file_sha256(file) != digest:
                 raise ResumeError(f"{file} is missing or damaged (checksum): run without --resume to start over")
         self.blocks_done = document["blocks_done"]
         self.files = document["files"]

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..checks import check_positive, check_whole
-from ..patterns import NMPattern, check_nm_columns, nm_mask, unstructured_mask
+from ..patterns import check_nm_columns, nm_mask, unstructured_mask
 from .base import HESSIAN, LayerPlan, Method, Solution, register_method
 
 DAMPENING = 0.01  # lambda as a fraction of mean(diag H), as the paper
@@ -183,6 +183,3 @@ class Alps(Method):
             weight, hessian, plan, self.dampening, self.rho, self.iterations, self.pcg_iterations
         )
         return Solution(mask, pruned, None, dead)
-
-    def check(self, pattern: NMPattern | None, updated: bool) -> None:
-        """Every pattern: the projection keeps N of M as readily as the top k."""
