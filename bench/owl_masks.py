@@ -72,7 +72,7 @@ def run(rule: str, sparsities: list[float], peer: dict) -> dict:
     return {
         "rule": rule,
         "sparsity": report.sparsity,
-        "ppl": q_cpu._eval(model, tokenizer),
+        **q_cpu._eval(model, tokenizer),
         "block_disagreement": block_disagreement(model, peer),
     }
 

@@ -32,6 +32,8 @@ WIKITEXT = SHARED / "data" / "wikitext-2-raw-v1" / "wiki.test.raw"
 WORK = ROOT / "bench" / "work"
 MODEL = WORK / "smollm2-135m-f32"
 CALIB = WORK / "calib-c4-128x512-seed0.safetensors"
+# the second evaluation text: the C4 slice's documents that no calibration window came from
+C4_HELDOUT = WORK / "c4-heldout-seed0.jsonl"
 RESULTS = ROOT / "bench" / "results" / "q_cpu.json"
 THREADS = 2
 NSAMPLES, SEQLEN, EVAL_SEQLEN, EVAL_WINDOWS = 128, 512, 2048, 32
@@ -175,26 +177,40 @@ def _child(*args: str) -> dict:
 def prepare() -> None:
     """Dequantize the GGUF to float32 safetensors and sample the calibration windows (once)."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    from secateurs import calibration_windows, load, load_corpus
+    from secateurs import calibration_sample, load, load_corpus
 
     WORK.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load(GGUF, "float32")
     if not (MODEL / "config.json").exists():
         model.save_pretrained(MODEL)
         tokenizer.save_pretrained(MODEL)
+    if CALIB.exists() and C4_HELDOUT.exists():
+        return
+    corpus = load_corpus(C4)
+    ids, used = calibration_sample(corpus, tokenizer, NSAMPLES, SEQLEN, seed=0)
     if not CALIB.exists():
-        ids = calibration_windows(load_corpus(C4), tokenizer, NSAMPLES, SEQLEN, seed=0)
         save_file({"input_ids": ids.to(torch.int64).contiguous()}, str(CALIB))
+    elif not torch.equal(load_file(str(CALIB))["input_ids"], ids):
+        sys.exit(f"{CALIB} is not this protocol's sampling: delete bench/work and run again")
+    held_out = [text for index, text in enumerate(corpus.documents or []) if index not in set(used or [])]
+    partial = C4_HELDOUT.with_suffix(".partial")
+    partial.write_text("".join(json.dumps({"text": text}) + "\n" for text in held_out))
+    partial.replace(C4_HELDOUT)
 
 
-def _eval(model, tokenizer) -> float:  # noqa: ANN001
+def _eval(model, tokenizer) -> dict:  # noqa: ANN001
+    """Perplexity on WikiText-2 (``ppl``) and on the C4 documents the calibration did not use (``ppl_c4``), by
+    the same evaluator and windows."""
     from secateurs import evaluation_ids
     from secateurs.evaluate import perplexity
 
-    ids = evaluation_ids(WIKITEXT, tokenizer, EVAL_SEQLEN)
-    return perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
+    found = {}
+    for key, text in (("ppl", WIKITEXT), ("ppl_c4", C4_HELDOUT)):
+        ids = evaluation_ids(text, tokenizer, EVAL_SEQLEN)
+        found[key] = perplexity(model, ids, EVAL_SEQLEN, EVAL_WINDOWS, device="cpu", progress=False)
+    return found
 
 
 def recipe_facts(recipe) -> dict:  # noqa: ANN001
@@ -284,7 +300,7 @@ def run_secateurs(name: str, evaluate: bool = True) -> dict:
     result["weights_sha256"] = weights_sha256(model.state_dict())
     if evaluate:
         model.float()
-        result["ppl"] = _eval(model, tokenizer)
+        result.update(_eval(model, tokenizer))
     return result
 
 
@@ -334,7 +350,7 @@ def run_eval(folder: str) -> dict:
 
     torch.set_num_threads(THREADS)
     model, tokenizer = load(folder, "float32")
-    return {"ppl": _eval(model, tokenizer)}
+    return _eval(model, tokenizer)
 
 
 def native_bfloat16() -> bool:

@@ -319,7 +319,7 @@ def blocks() -> list[tuple[Path, str, str, str]]:
         found.append((DOC, sweep_q_cpu.BEGIN, sweep_q_cpu.END, sweep_q_cpu.readme_block(read(sweep_q_cpu.RESULTS))))
     if speed_s.RESULTS.exists():
         found.append((DOC, speed_s.BEGIN, speed_s.END, speed_s.report_markdown(read(speed_s.RESULTS))))
-    for protocol in ("structured", "s", "gguf"):
+    for protocol in ("recipes", "structured", "s", "gguf"):
         latest = run_tables.latest_run(protocol)
         body = run_tables.run_block(latest) if latest else f"No run yet: `python bench/run.py {protocol}`."
         found.append((DOC, *run_tables.markers(protocol), body))

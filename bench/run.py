@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, git_state, utc_now  # noqa: E402
-from verdict import judge, spread  # noqa: E402
+from verdict import QUALITY, judge, spread  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "runs"
 
@@ -70,7 +70,10 @@ def _rotated(names: list[str], round_number: int) -> list[str]:
 
 
 def _measure_round(protocol, results: dict, number: int, path: Path) -> None:  # noqa: ANN001
+    once = getattr(protocol, "once", ())  # rows whose targets read only their (deterministic) quality
     for name in _rotated(results["names"], number):
+        if number > 0 and name in once:
+            continue
         print(f"[run {results['run_id']}] round {number + 1}/{results['rounds']}: {name} ...", file=sys.stderr)
         start = utc_now()
         # quality in the first round, unless the protocol measures it after the rounds (``quality``)
@@ -100,7 +103,7 @@ def _quality(results: dict, name: str, figures: dict) -> None:
     the weights); the rounds after it, run without evaluation, must write the same weights."""
     known = results["quality"].get(name)
     if known is None and (figures.get("ppl") is not None or figures.get("weights_sha256") is not None):
-        results["quality"][name] = {"ppl": figures.get("ppl"), "weights_sha256": figures.get("weights_sha256")}
+        results["quality"][name] = {key: figures.get(key) for key in (*QUALITY, "weights_sha256") if key in figures}
     elif known is not None and "weights_sha256" in figures:
         figures["same_weights"] = figures["weights_sha256"] == known.get("weights_sha256")
 

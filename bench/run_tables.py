@@ -68,13 +68,14 @@ def _rejudged(results: dict) -> str:
 
 def rows_table(results: dict) -> list[str]:
     lines = [
-        "| configuration | tool and versions | ppl | prune s | peak RSS MiB | one-pass floor s | same weights |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | tool and versions | ppl | ppl held-out C4 | prune s | peak RSS MiB | one-pass floor s "
+        "| same weights |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in results["summary"].items():
-        ppl = results["quality"].get(name, {}).get("ppl")
         lines.append(
-            f"| {name} | {_versions(entry)} | {f'{ppl:.2f}' if ppl else '-'} | {_spread(entry.get('prune_s'), 1)} | "
+            f"| {name} | {_versions(entry)} | {_ppl(results, name)} | {_ppl(results, name, 'ppl_c4')} | "
+            f"{_spread(entry.get('prune_s'), 1)} | "
             f"{_spread(entry.get('peak_rss_mib'))} | {_spread(entry.get('one_pass_s'), 1)} | {_same(results, name)} |"
         )
     return lines
@@ -98,8 +99,8 @@ def _first_row(results: dict, name: str) -> dict:
     return next(row for row in results["rows"] if row["name"] == name)
 
 
-def _ppl(results: dict, name: str) -> str:
-    ppl = (results["quality"].get(name) or {}).get("ppl")
+def _ppl(results: dict, name: str, figure: str = "ppl") -> str:
+    ppl = (results["quality"].get(name) or {}).get(figure)
     return f"{ppl:.2f}" if ppl else "-"
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+QUALITY = ("ppl", "ppl_c4")  # perplexities: WikiText-2, and C4 documents the calibration did not use
+
 
 @dataclass(frozen=True)
 class Target:
@@ -79,8 +81,8 @@ def _other_value(target: Target, row: dict, other: dict) -> float | None:
 
 def ratios(target: Target, rows: list[dict], quality: dict[str, dict]) -> list[float]:
     """The target's ratio in each round where both sides were measured (one ratio for a quality figure)."""
-    if target.figure in ("ppl",):
-        ours, theirs = quality.get(target.row, {}).get("ppl"), quality.get(target.other, {}).get("ppl")
+    if target.figure in QUALITY:
+        ours, theirs = quality.get(target.row, {}).get(target.figure), quality.get(target.other, {}).get(target.figure)
         return [ours / theirs] if ours is not None and theirs else []
     mine, others = _by_round(rows, target.row), _by_round(rows, target.other)
     found = []

@@ -77,6 +77,15 @@ def test_quality_is_one_ratio_of_the_first_rounds_perplexities():
     assert line["verdict"] == "met" and line["ratio"]["n"] == 1
 
 
+def test_the_second_texts_perplexity_is_judged_by_its_own_target():
+    """A recipe's gain must hold on held-out C4 too: that target reads ``ppl_c4``, not WikiText-2's ``ppl``."""
+    targets = [Target("wiki", "ours", "ppl", "peer", 0.8), Target("c4", "ours", "ppl_c4", "peer", 0.85)]
+    quality = {"ours": {"ppl": 36.0, "ppl_c4": 40.0}, "peer": {"ppl": 46.0, "ppl_c4": 44.0}}
+    wiki, c4 = judge(targets, [_row("ours", 0), _row("peer", 0)], quality)
+    assert wiki["verdict"] == "met" and c4["verdict"] == "not met"
+    assert c4["ratio"]["median"] == pytest.approx(40 / 44)
+
+
 def test_rows_of_two_runs_are_never_compared():
     target = Target("time", "ours", "prune_s", "peer", 0.5)
     rows = [_row("ours", 0, prune_s=1.0), _row("peer", 0, "r2", prune_s=4.0)]
@@ -103,7 +112,7 @@ class _Toy:
         self.calls.append((name, evaluate))
         seconds = {"fast": 1.0, "slow": 3.0}[name]
         figures = {"tool": name, "prune_s": seconds, "weights_sha256": name}
-        return {**figures, "ppl": 10.0} if evaluate else figures  # as bench/q_cpu.py's steps print them
+        return {**figures, "ppl": 10.0, "ppl_c4": 12.0} if evaluate else figures  # as bench/q_cpu.py's steps
 
 
 def test_a_run_interleaves_rounds_and_writes_one_file(tmp_path, monkeypatch, capsys):
@@ -121,6 +130,7 @@ def test_a_run_interleaves_rounds_and_writes_one_file(tmp_path, monkeypatch, cap
     assert [evaluate for _, evaluate in toy.calls] == [True, True, False, False, False, False]
     assert all(row["same_weights"] for row in results["rows"] if row["round"] > 0)
     assert len({row["run_id"] for row in results["rows"]}) == 1
+    assert results["quality"]["fast"] == {"ppl": 10.0, "ppl_c4": 12.0, "weights_sha256": "fast"}
     (line,) = results["verdicts"]
     assert line["verdict"] == "met" and line["ratio"]["max"] == pytest.approx(1 / 3)
     assert "fast / slow: 0.333 [0.333, 0.333] against <= 0.5: met" in capsys.readouterr().out
@@ -248,3 +258,29 @@ def test_a_long_evaluation_comes_after_the_rounds(tmp_path, monkeypatch):
     monkeypatch.setitem(protocols.PROTOCOLS, "toy", lambda: toy)
     with pytest.raises(SystemExit, match="not the ones timed"):
         run.main()
+
+
+def test_every_recipe_is_held_to_both_texts_and_to_its_time_budget():
+    import protocols
+
+    targets = protocols._recipe_targets({"alps-70-owl": {}})
+    assert [(t.figure, t.other, t.limit) for t in targets] == [
+        ("ppl", "llmcompressor-sparsegpt-70", 0.60),
+        ("ppl_c4", "llmcompressor-sparsegpt-70", pytest.approx(0.65)),
+        ("prune_s", "sparsegpt-70", 2.0),
+    ]
+
+
+def test_a_row_judged_only_by_its_quality_is_measured_once(tmp_path, monkeypatch):
+    import protocols
+
+    toy = _Toy()
+    toy.targets = [Target("fast ppl / slow's", "fast", "ppl", "slow", 1.0)]
+    toy.once = {"slow"}
+    monkeypatch.setitem(protocols.PROTOCOLS, "toy", lambda: toy)
+    out = tmp_path / "run.json"
+    monkeypatch.setattr(sys, "argv", ["run.py", "toy", "--out", str(out)])
+    run.main()
+    assert [name for name, _ in toy.calls] == ["fast", "slow", "fast", "fast"]
+    results = json.loads(out.read_text())
+    assert results["quality"]["slow"]["ppl"] == 10.0 and results["verdicts"][0]["verdict"] == "met"

@@ -150,3 +150,36 @@ def test_offload_auto_keeps_a_small_model_in_memory(tiny_folder, tmp_path):
     assert main(["prune", str(tiny_folder), "--out", str(out), *FAST]) == 0
     assert json.loads((out / "secateurs.json").read_text()).get("offload") is None
     assert [file.name for file in out.glob("*.safetensors")] == ["model.safetensors"]  # not a shard per block
+
+
+def test_a_preset_is_a_recipe_the_flags_go_over(tiny_folder, tmp_path):
+    """With the documents the calibration windows came from in the report (a held-out evaluation leaves them out)."""
+    documents = tmp_path / "docs.jsonl"
+    lines = [{"text": "too short"}, *({"text": f"doc {i} " * 40} for i in range(5))]
+    documents.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "fast"
+    flags = ["--preset", "fast", "--sparsity", "0.6", "--out", str(out), *FAST, "--calib", str(documents)]
+    assert main(["prune", str(tiny_folder), *flags]) == 0
+    report = json.loads((out / "secateurs.json").read_text())
+    assert report["recipe"]["method"]["name"] == "wanda" and report["recipe"]["sparsity"] == 0.6
+    used = report["calibration_documents"]
+    assert len(used) == 4 and set(used) <= {1, 2, 3, 4, 5}
+    assert "documents used" in (out / "report.md").read_text()
+
+
+def test_every_shipped_preset_is_a_valid_recipe():
+    from secateurs import load_recipe
+    from secateurs.recipe.presets import preset_names, read_preset
+
+    assert {"fast", "balanced", "best"} <= set(preset_names())
+    for name in preset_names():
+        for pattern in ("unstructured", "2:4"):
+            assert load_recipe({**read_preset(name), "pattern": pattern}).nm_pattern is not None or pattern != "2:4"
+
+
+def test_a_preset_and_a_recipe_file_together_are_refused(tiny_folder, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: wanda\n")
+    code = main(["prune", str(tiny_folder), "--preset", "fast", "--recipe", str(recipe), "--out", str(tmp_path / "o")])
+    assert code != 0 and "give one" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

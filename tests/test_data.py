@@ -4,7 +4,14 @@ import random
 import pytest
 import torch
 
-from secateurs.data import Corpus, builtin_text, calibration_windows, load_corpus, wikitext_rows_text
+from secateurs.data import (
+    Corpus,
+    builtin_text,
+    calibration_sample,
+    calibration_windows,
+    load_corpus,
+    wikitext_rows_text,
+)
 from secateurs.errors import CalibrationError
 
 
@@ -27,6 +34,19 @@ def test_document_sampling_follows_the_reference_procedure():
         expected.append([ord(c) for c in document[start : start + 8]])
     assert windows.tolist() == expected
     assert windows.dtype == torch.long
+
+
+def test_the_sample_names_the_document_of_every_window():
+    """An evaluation on held-out documents leaves out exactly these."""
+    documents = ["short", "a" * 30, "b" * 8, "0123456789" * 3, "c" * 12]
+    corpus, tokenizer = Corpus("docs", documents=documents), CharTokenizer()
+    windows, used = calibration_sample(corpus, tokenizer, 6, 8, seed=5)
+    assert torch.equal(windows, calibration_windows(corpus, tokenizer, 6, 8, seed=5))
+    assert len(used) == 6 and set(used) <= {1, 3, 4}  # only documents longer than seqlen give windows
+    for window, index in zip(windows.tolist(), used, strict=True):
+        assert "".join(map(chr, window)) in documents[index]
+    text = Corpus("text", text="x" * 100)
+    assert calibration_sample(text, tokenizer, 2, 8)[1] is None  # a running text has no documents
 
 
 def test_running_text_sampling_is_seeded():

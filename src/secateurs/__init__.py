@@ -9,7 +9,7 @@ width and depth), evaluate them, and save them as smaller checkpoints.
 """
 
 from .allocation import Owl, RulesFile, Schedule
-from .data import Calibration, calibration_windows, evaluation_ids, load_corpus
+from .data import Calibration, calibration_sample, calibration_windows, evaluation_ids, load_corpus
 from .errors import SecateursError
 from .evaluate import Evaluation
 from .io import load, pack, save, unpack
@@ -47,6 +47,7 @@ __all__ = [
     "SweepJob",
     "Wanda",
     "Width",
+    "calibration_sample",
     "calibration_windows",
     "evaluate",
     "evaluation_ids",

@@ -53,6 +53,9 @@ class Calibration:
     def windows(self, corpus: Corpus, tokenizer: object) -> torch.Tensor:
         return calibration_windows(corpus, tokenizer, self.nsamples, self.seqlen, self.seed)
 
+    def sample(self, corpus: Corpus, tokenizer: object) -> tuple[torch.Tensor, list[int] | None]:
+        return calibration_sample(corpus, tokenizer, self.nsamples, self.seqlen, self.seed)
+
 
 def _from_hub(name: str, *args: str, **kwargs: str):  # noqa: ANN202
     from .extras import require
@@ -176,6 +179,15 @@ def _encode(tokenizer: object, text: str) -> list[int]:
 
 def calibration_windows(corpus: Corpus, tokenizer: object, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """``[nsamples, seqlen]`` token ids, sampled as the Wanda/SparseGPT reference code does."""
+    return calibration_sample(corpus, tokenizer, nsamples, seqlen, seed)[0]
+
+
+def calibration_sample(
+    corpus: Corpus, tokenizer: object, nsamples: int, seqlen: int, seed: int = 0
+) -> tuple[torch.Tensor, list[int] | None]:
+    """``calibration_windows`` with, for a document corpus, the index of the document each window came from (so
+    that an evaluation can leave them out: text the model was calibrated on says little about how it
+    generalises); None for a running text."""
     if nsamples < 1 or seqlen < 2:
         raise CalibrationError(f"nsamples={nsamples}, seqlen={seqlen}: both must be positive (seqlen >= 2)")
     needed = nsamples * seqlen
@@ -191,7 +203,7 @@ def calibration_windows(corpus: Corpus, tokenizer: object, nsamples: int, seqlen
         for _ in range(nsamples):
             start = rng.randint(0, len(ids) - seqlen - 1)
             windows.append(ids[start : start + seqlen])
-        return torch.tensor(windows, dtype=torch.long)
+        return torch.tensor(windows, dtype=torch.long), None
 
     documents = corpus.documents or []
     if sum(len(d) for d in documents) < needed:  # a token spans at least one character
@@ -200,7 +212,7 @@ def calibration_windows(corpus: Corpus, tokenizer: object, nsamples: int, seqlen
             f"too little for nsamples x seqlen = {needed} tokens: give more text, or lower --nsamples or --seqlen"
         )
     lengths: dict[int, int] = {}
-    windows = []
+    windows, used = [], []
     while len(windows) < nsamples:
         index = rng.randint(0, len(documents) - 1)
         if lengths.get(index, seqlen + 1) <= seqlen:
@@ -216,7 +228,8 @@ def calibration_windows(corpus: Corpus, tokenizer: object, nsamples: int, seqlen
             continue
         start = rng.randint(0, len(ids) - seqlen - 1)
         windows.append(ids[start : start + seqlen])
-    return torch.tensor(windows, dtype=torch.long)
+        used.append(index)
+    return torch.tensor(windows, dtype=torch.long), used
 
 
 EVALUATION_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation", "builtin": "test"}

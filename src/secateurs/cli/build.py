@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import RecipeError
 from ..methods import Wanda
 from ..recipe import Recipe, load_recipe, read_recipe_file, recipe_class
+from ..recipe.presets import read_preset
 from .parser import Flag, stage_classes
 
 Given = list[tuple[Flag, Any]]
@@ -114,9 +115,12 @@ def recipe_spec(given: Given, base: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def build_recipe(given: Given, recipe_file: str | None) -> Recipe:
-    """The recipe the flags (over ``recipe_file``, a YAML/JSON recipe or a ``secateurs.json``) describe."""
-    base = read_recipe_file(recipe_file) if recipe_file else {}
+def build_recipe(given: Given, recipe_file: str | None, preset: str | None = None) -> Recipe:
+    """The recipe the flags (over ``recipe_file``, a YAML/JSON recipe or a ``secateurs.json``, or over a
+    ``preset``) describe."""
+    if recipe_file and preset:
+        raise RecipeError("--recipe and --preset both give the recipe to start from: give one")
+    base = read_preset(preset) if preset else read_recipe_file(recipe_file) if recipe_file else {}
     if "schema_version" in base and "recipe" in base:  # a report: the recipe that made it
         base = base["recipe"]
     return load_recipe(recipe_spec(given, base))

@@ -9,6 +9,7 @@ from ..engine import DEFAULT_BATCH_SIZE
 from ..io.gguf_export import OUTTYPES as GGUF_TYPES
 from ..models.load import DTYPES
 from ..recipe import DEFAULT_SPARSITY
+from ..recipe.presets import preset_names
 from .parser import Flag, group
 
 DTYPE_CHOICES = tuple(DTYPES)
@@ -186,9 +187,16 @@ PRUNE = (
         metavar="FILE",
     ),
     Flag(
+        "--preset",
+        "cli.preset",
+        "a recipe for a time budget: fast (Wanda), balanced (<= 2x SparseGPT's time), best (<= 4x); flags given "
+        "override its settings",
+        choices=tuple(preset_names()),
+    ),
+    Flag(
         "--method",
         "recipe.method",
-        "magnitude, wanda, ria or sparsegpt (sparse weights), or width or depth (a smaller dense model)",
+        "magnitude, wanda, ria, sparsegpt or alps (sparse weights), or width or depth (a smaller dense model)",
     ),
     *SPARSE,
     *group("layer-wise allocation and mask refinement", ALLOCATION),

@@ -31,6 +31,7 @@ class CliOptions:
     """What only the command line has: a recipe file to start from, threads, processes, output style."""
 
     recipe: str | None = None
+    preset: str | None = None
     threads: int | None = None
     workers: int = 1
     json: bool = False

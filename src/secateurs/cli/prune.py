@@ -26,7 +26,7 @@ def evaluation(fields: dict) -> Evaluation | None:
 
 def run(args: argparse.Namespace, rows: tuple[Flag, ...], cli: CliOptions) -> None:
     values = given(args, rows)
-    recipe = build_recipe(values, cli.recipe)
+    recipe = build_recipe(values, cli.recipe, cli.preset)
     fields = fields_of(values, "job")
     job = PruneJob(recipe=recipe, evaluation=evaluation(fields), **fields)
     report = run_prune(job)

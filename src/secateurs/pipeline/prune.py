@@ -277,10 +277,10 @@ def run_prune(job: PruneJob) -> Report:
     recipe = job.recipe
     corpus = data.load_corpus(recipe.calibration.source) if recipe.needs_calibration else None
     model, tokenizer, store = _load(run)
-    calibration = None
+    calibration, documents = None, None
     if corpus is not None:
         started = time.perf_counter()
-        calibration = recipe.calibration.windows(corpus, tokenizer)
+        calibration, documents = recipe.calibration.sample(corpus, tokenizer)
         run.timed("calibration_data", started)
     evaluation = job.evaluation if run.writer else None
     eval_ids = data.evaluation_ids(evaluation.dataset, tokenizer, evaluation.seqlen) if evaluation else None
@@ -301,6 +301,7 @@ def run_prune(job: PruneJob) -> Report:
                 state.finish()
             return report
     report.perplexity_before, report.perplexity_after = before, _evaluate(run, model, eval_ids, "eval_after")
+    report.calibration_documents = documents
     _describe(report, run)
     if job.gguf is not None:
         report.gguf = export_gguf(model, tokenizer, Path(job.gguf), job.gguf_outtype, str(job.model), job.gguf_check)

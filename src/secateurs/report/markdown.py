@@ -99,7 +99,11 @@ def _recipe(report: Report) -> list[str]:
     lines = ["## Recipe", markdown_table(["setting", "value"], rows)]
     calibration = report.recipe.get("calibration")
     if isinstance(calibration, dict):
-        lines += ["## Calibration", markdown_table(["setting", "value"], list(calibration.items()))]
+        rows = list(calibration.items())
+        if report.calibration_documents is not None:  # held-out text for an evaluation: the others
+            used = sorted(set(report.calibration_documents))
+            rows.append(("documents used", f"{len(used)} (indices in secateurs.json, calibration_documents)"))
+        lines += ["## Calibration", markdown_table(["setting", "value"], rows)]
     return lines
 
 

@@ -192,6 +192,7 @@ class Report:
     dtype: str | None = None
     device: str | None = None
     calibration: list[int] | None = None  # token ids [windows, tokens]
+    calibration_documents: list[int] | None = None  # the document each window came from (a document corpus)
     target_sparsity: float | None = None
     sparsity: float | None = None
     pruned_parameters: int | None = None
