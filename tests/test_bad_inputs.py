@@ -252,7 +252,7 @@ def test_short_write_is_caught_before_the_rename(model_copy, tmp_path, capsys, m
 
 STAGES = {
     "load": (PRUNE_STEPS, "load"),
-    "calibration": (secateurs.data, "calibration_windows"),
+    "calibration": (secateurs.data, "calibration_sample"),
     "evaluation": (PRUNE_STEPS, "perplexity"),
     "prune": (secateurs.pipeline.sparse, "walk"),
     "save": (PRUNE_STEPS, "save"),
