@@ -113,12 +113,15 @@ ALLOCATION: dict[str, dict] = {
         "distill": {"epochs": 1},
     },
 }
-# one-shot recipes beyond SparseGPT: ALPS (ADMM support, conjugate-gradient re-fit), alone and with OWL
+# recipes beyond SparseGPT: ALPS (ADMM support, conjugate-gradient re-fit), alone, with OWL, with block tuning
 RECIPES: dict[str, dict] = {
     "alps-50": {"method": "alps"},
     "alps-2:4": {"method": "alps", "pattern": "2:4"},
     "alps-70": {"method": "alps", "sparsity": 0.7},
     "alps-70-owl": {"method": "alps", "sparsity": 0.7, "allocation": "owl"},
+    # the "best" preset: one epoch of EBFT toward the dense model after ALPS (a 4x budget)
+    "alps-50-ebft-model-e1": {"method": "alps", "ebft": {"epochs": 1, "target": "model"}},
+    "alps-2:4-ebft-model-e1": {"method": "alps", "pattern": "2:4", "ebft": {"epochs": 1, "target": "model"}},
 }
 SECATEURS.update(ALLOCATION)
 SECATEURS.update(RECIPES)

@@ -263,11 +263,14 @@ def test_a_long_evaluation_comes_after_the_rounds(tmp_path, monkeypatch):
 def test_every_recipe_is_held_to_both_texts_and_to_its_time_budget():
     import protocols
 
-    targets = protocols._recipe_targets({"alps-70-owl": {}})
+    targets = protocols._recipe_targets({"alps-70-owl": {}, "alps-2:4-ebft-model-e1": {}})
     assert [(t.figure, t.other, t.limit) for t in targets] == [
         ("ppl", "llmcompressor-sparsegpt-70", 0.60),
-        ("ppl_c4", "llmcompressor-sparsegpt-70", pytest.approx(0.65)),
+        ("ppl_c4", "llmcompressor-sparsegpt-70", 0.65),
         ("prune_s", "sparsegpt-70", 2.0),
+        ("ppl", "llmcompressor-sparsegpt-2:4", 0.72),  # with block tuning: the "best" budget
+        ("ppl_c4", "llmcompressor-sparsegpt-2:4", 0.77),
+        ("prune_s", "sparsegpt-2:4", 4.0),
     ]
 
 
