@@ -125,7 +125,7 @@ def rejudge(path: Path) -> dict:
     for row in sorted(results["rows"], key=lambda row: row["round"]):
         _quality(results, row["name"], row)
     results["rejudged"] = {"at": utc_now(), **git_state()}
-    _write(path, _judged(results, PROTOCOLS[results["protocol"]].targets))
+    _write(path, _judged(results, PROTOCOLS[results["protocol"]]().targets))  # a protocol may set its own
     return results
 
 
