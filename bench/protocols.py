@@ -121,11 +121,11 @@ def _recipe_targets(recipes: dict) -> list[Target]:
     """Each recipe (named method-level[-more]) against llmcompressor's SparseGPT at its level (perplexity) and
     secateurs' own SparseGPT there (prune time: the "balanced" budget is 2x, the "best" 4x)."""
     targets = []
-    for name in recipes:
+    for name, recipe in recipes.items():
         level = name.split("-")[1]
         ours, peer, limit = LEVELS[level]
         budget = 2.0
-        if "ebft" in name:
+        if recipe.get("ebft"):
             limit, budget = BEST_LIMITS[level], 4.0
         targets += [
             Target(f"{name} perplexity / llmcompressor SparseGPT's", name, "ppl", peer, limit),

@@ -197,7 +197,8 @@ def prepare() -> None:
         save_file({"input_ids": ids.to(torch.int64).contiguous()}, str(CALIB))
     elif not torch.equal(load_file(str(CALIB))["input_ids"], ids):
         sys.exit(f"{CALIB} is not this protocol's sampling: delete bench/work and run again")
-    held_out = [text for index, text in enumerate(corpus.documents or []) if index not in set(used or [])]
+    calibrated = set(used or [])
+    held_out = [text for index, text in enumerate(corpus.documents or []) if index not in calibrated]
     partial = C4_HELDOUT.with_suffix(".partial")
     partial.write_text("".join(json.dumps({"text": text}) + "\n" for text in held_out))
     partial.replace(C4_HELDOUT)

@@ -263,7 +263,8 @@ def test_a_long_evaluation_comes_after_the_rounds(tmp_path, monkeypatch):
 def test_every_recipe_is_held_to_both_texts_and_to_its_time_budget():
     import protocols
 
-    targets = protocols._recipe_targets({"alps-70-owl": {}, "alps-2:4-ebft-model-e1": {}})
+    recipes = {"alps-70-owl": {"method": "alps"}, "alps-2:4-ebft-model-e1": {"method": "alps", "ebft": {"epochs": 1}}}
+    targets = protocols._recipe_targets(recipes)
     assert [(t.figure, t.other, t.limit) for t in targets] == [
         ("ppl", "llmcompressor-sparsegpt-70", 0.60),
         ("ppl_c4", "llmcompressor-sparsegpt-70", 0.65),

@@ -4,8 +4,9 @@
 * ``balanced``: the best one-shot recipe measured at no more than twice SparseGPT's pruning time;
 * ``best``: the best measured at no more than four times.
 
-Each file says why it holds what it holds, with the run that measured it (docs/recipes.md). The sparsity and
-pattern are the user's: a preset sets the method and its stages, flags and recipe settings go over it.
+Each file says why it holds what it holds; the measurements are in docs/benchmarks.md, the table in
+docs/recipes.md. The sparsity and pattern are the user's: a preset sets the method and its stages, flags and
+recipe settings go over it.
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ def _recipe(report: Report) -> list[str]:
     if isinstance(calibration, dict):
         rows = list(calibration.items())
         if report.calibration_documents is not None:  # held-out text for an evaluation: the others
-            used = sorted(set(report.calibration_documents))
-            rows.append(("documents used", f"{len(used)} (indices in secateurs.json, calibration_documents)"))
+            used = len(set(report.calibration_documents))
+            rows.append(("documents used", f"{used} (indices in secateurs.json, calibration_documents)"))
         lines += ["## Calibration", markdown_table(["setting", "value"], rows)]
     return lines
 
