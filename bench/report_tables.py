@@ -296,6 +296,13 @@ def run_summary(results: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
+def _run_blocks(protocol: str) -> str:
+    """One table per run of record, newest first (bench/run_tables.py's ``runs_of_record``)."""
+    import run_tables
+
+    return "\n\n".join(run_tables.run_block(path) for path in run_tables.runs_of_record(protocol))
+
+
 def blocks() -> list[tuple[Path, str, str, str]]:
     """Every generated block: (page, begin marker, end marker, body), each rendered from its results file."""
     import owl_masks
@@ -321,13 +328,13 @@ def blocks() -> list[tuple[Path, str, str, str]]:
         found.append((DOC, speed_s.BEGIN, speed_s.END, speed_s.report_markdown(read(speed_s.RESULTS))))
     for protocol in ("recipes", "structured", "s", "gguf"):
         latest = run_tables.latest_run(protocol)
-        body = run_tables.run_block(latest) if latest else f"No run yet: `python bench/run.py {protocol}`."
+        body = _run_blocks(protocol) if latest else f"No run yet: `python bench/run.py {protocol}`."
         found.append((DOC, *run_tables.markers(protocol), body))
         if protocol == "gguf" and latest is not None:
             found.append((README, *run_tables.GGUF_SUMMARY_MARKERS, run_tables.gguf_summary(read(latest), latest)))
     run = run_tables.latest_run("q-cpu")
     if run is not None:  # one run's rows: the README's summary comes from it, and its own block in the docs
-        found.append((DOC, *run_tables.markers("q-cpu"), run_tables.run_block(run)))
+        found.append((DOC, *run_tables.markers("q-cpu"), _run_blocks("q-cpu")))
         found.append((README, *SUMMARY_MARKERS, run_summary(read(run), run)))
     elif SUMMARY_FILE.exists():
         found.append((README, *SUMMARY_MARKERS, summary_table(read(SUMMARY_FILE))))

@@ -294,3 +294,74 @@ def test_one_pass_fits_what_memory_holds():
     middle = torch.zeros(1, 1, dtype=torch.long).expand(int(tokens) // length, length)
     assert one_pass_fits(model, targets, middle, 1, cpu, copies=0)
     assert not one_pass_fits(model, targets, middle, 1, cpu, copies=2)
+
+
+def test_an_observation_pass_stops_each_batch_after_its_last_observed_linear(calibration):
+    """The two-pass walk's first pass: every target still sees every token, but after the first batch no batch
+    computes down_proj's product there (its input is all the pass needs); the second pass runs it for all."""
+    model = tiny_model("llama")
+    tokens, products = {}, [0]
+
+    class Counter:
+        def __init__(self, target):
+            self.target = target
+
+        def update(self, inputs):
+            tokens[self.target.name] = tokens.get(self.target.name, 0) + inputs.reshape(-1, inputs.shape[-1]).shape[0]
+
+    _, blocks = find_blocks(model)
+    blocks[0].mlp.down_proj.register_forward_hook(lambda *args: products.__setitem__(0, products[0] + 1))
+    batches = 4
+    settings = WalkSettings(False, batch_size=calibration.shape[0] // batches, progress=False)
+    walk(model, calibration, Solver(Counter, lambda target, observer: None), settings)
+    assert len(tokens) == 4 * len(blocks)  # q (k, v share its input), o, gate (up shares it), down
+    assert all(count == calibration.numel() for count in tokens.values())
+    assert products[0] == 1 + batches
+
+
+def test_an_observation_pass_runs_on_when_a_later_batch_reaches_a_linear_the_first_did_not(calibration):
+    """Data-dependent routing: the first batch skips ``extra``; a later batch that takes it must still reach
+    ``out`` after it, although it has then made as many observed calls as the first batch made in all."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.extra, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, hidden):
+            takes_extra = bool(hidden[0, 0, 0] > 0)
+            hidden = self.first(hidden)
+            if takes_extra:
+                hidden = self.extra(hidden)
+            return self.out(hidden)
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(128, 8)
+            self.layers = nn.ModuleList([Block()])
+
+        def forward(self, input_ids, use_cache=False):
+            hidden = self.embed(input_ids)
+            for layer in self.layers:
+                hidden = layer(hidden)
+            return hidden
+
+    torch.manual_seed(0)
+    toy = Toy()
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    ids[1] = 1
+    with torch.no_grad():  # token 0 skips extra, token 1 takes it
+        toy.embed.weight[0, 0], toy.embed.weight[1, 0] = -1.0, 1.0
+    calls = []
+
+    class Counter:
+        def __init__(self, target):
+            self.target = target
+
+        def update(self, inputs):
+            calls.append(self.target.name)
+
+    walk(toy, ids, Solver(Counter, lambda target, observer: None), WalkSettings(False, batch_size=1, progress=False))
+    assert calls == ["layers.0.first", "layers.0.out", "layers.0.first", "layers.0.extra", "layers.0.out"]

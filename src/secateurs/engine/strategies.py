@@ -73,10 +73,40 @@ class BlockWork:
                 overwrite(self.hidden, j, output)
 
 
+class _Observed(Exception):
+    """Raised in a batch's observation pass once its observed Linears have all had their input."""
+
+
 def _observe(work: BlockWork, targets: list[Target], statistics: Statistics, keep: bool = False) -> None:
+    """One pass feeding ``targets``' statistics. When the outputs are not kept, each batch after the first stops
+    once it has made every observed call the first batch made: the rest of the block (Llama's down_proj; all but
+    the attention when only q/k/v are observed) would be computed for nothing. Only when the first batch reached
+    every target: a router may send a later batch's tokens to an expert the first one never called, which
+    must then see them. Fused experts (routed inside one module) always run to the end."""
     start = time.perf_counter()
-    with observing(targets, statistics.feed):
-        work.run(keep)
+    seen: set[Target] = set()
+    calls = [0, -1]  # observed calls in this batch, and in the first batch once it was seen to reach every target
+    stops = not keep and all(target.expert is None for target in targets)
+
+    def feed(target: Target, inputs: torch.Tensor) -> None:
+        statistics.feed(target, inputs)
+        seen.add(target)
+        calls[0] += 1
+        if calls[0] == calls[1] and len(seen) == len(targets):
+            raise _Observed
+
+    with observing(targets, feed):
+        for j, batch in enumerate(work.hidden):
+            seen.clear()
+            calls[0] = 0
+            try:
+                output = run_block(work.block, batch, work.arguments[batch.shape[0]])
+            except _Observed:
+                continue
+            if j == 0 and stops and len(seen) == len(targets):
+                calls[1] = calls[0]
+            if keep:
+                overwrite(work.hidden, j, output)
     statistics.end_pass()
     work.seconds["observe"] += time.perf_counter() - start
     statistics.reduce_all(targets, work.reduce)
