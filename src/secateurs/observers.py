@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import NumericalError
+from .errors import NumericalError, RecipeError
 
 # Rows per step: bounds the float32 temporary when squaring a large activation.
 _CHUNK_ROWS = 8192
@@ -151,6 +151,56 @@ class HessianObserver:
         error = (delta @ hessian * delta).sum()
         reference = (weight.float() @ hessian * weight.float()).sum()
         return float((error.clamp_min(0) / reference.clamp_min(1e-30)).sqrt())
+
+
+class CrossObserver(HessianObserver):
+    """H of the pruned stream's inputs (as HessianObserver) and the drift D = 2 (X_dense - X)^T X / n [in, in]
+    (float32, not symmetric): the dense model's inputs of the same tokens against this stream's. A layer fitted to
+    the dense model's output X_dense W^T from its own inputs X solves B H = W (H + D) (``fit: dense``); D is
+    exactly zero where both streams agree (block 0)."""
+
+    def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(in_features, device)
+        self.drift = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+    def update(self, inputs: torch.Tensor, dense: torch.Tensor | None = None) -> None:
+        if dense is None or dense.shape != inputs.shape:
+            raise RecipeError(
+                "a layer fitted to the dense model's output needs the dense model's input of the same tokens (got "
+                f"{None if dense is None else tuple(dense.shape)} for {tuple(inputs.shape)}): prune through "
+                "secateurs.prune, whose walk pairs them, or use {method.fit} self"
+            )
+        rows, dense_rows = inputs.reshape(-1, inputs.shape[-1]), dense.reshape(-1, inputs.shape[-1])
+        seen = self.tokens
+        for chunk, reference in zip(rows.split(_CHUNK_ROWS), dense_rows.split(_CHUNK_ROWS), strict=True):
+            total = seen + chunk.shape[0]
+            chunk = chunk.float()
+            product = (reference.float() - chunk).t() @ chunk
+            self.drift.mul_(seen / total).add_(product.to(self.drift.device), alpha=2.0 / total)
+            seen = total
+        super().update(inputs)
+
+    def merge(self, other: HessianObserver) -> None:
+        if not isinstance(other, CrossObserver):
+            raise TypeError("a CrossObserver merges only with another: the other holds no drift")
+        total = self.tokens + other.tokens
+        if total:
+            self.drift.mul_(self.tokens / total).add_(other.drift.to(self.drift.device), alpha=other.tokens / total)
+        super().merge(other)
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        total = _all_reduce_count(self.tokens, self.drift.device)
+        self.drift.mul_(self.tokens)
+        dist.all_reduce(self.drift)
+        self.drift.div_(max(total, 1))
+        super().all_reduce()
+
+    def check_finite(self, layer: str) -> None:
+        super().check_finite(layer)
+        if not torch.isfinite(self.drift).all():
+            raise NumericalError(_not_finite(layer))
 
 
 def _all_reduce_count(count: int, device: torch.device) -> int:

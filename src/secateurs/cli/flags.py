@@ -81,6 +81,19 @@ SPARSE = (
         "lambda, a fraction of mean(diag H) (SparseGPT; the width re-fit's ridge)",
         kind=float,
     ),
+    Flag(
+        "--fit",
+        "recipe.method.fit",
+        "what sparsegpt/alps fit each layer to: its own output on the pruned model's inputs (self), or the dense "
+        "model's output of that layer on the same tokens (dense; a dense stream walks beside the pruned one)",
+        choices=("self", "dense"),
+    ),
+    Flag(
+        "--fit-mix",
+        "recipe.method.mix",
+        "with --fit dense: the share of the way from the layer's own output to the dense one (default 0.25)",
+        kind=float,
+    ),
     Flag("--variant", "recipe.method.variant", "Wanda's per-row cumulative threshold variant", kind="switch"),
     Flag("--ria-alpha", "recipe.method.alpha", "RIA's activation exponent", kind=float),
 )

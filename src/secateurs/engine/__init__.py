@@ -1,7 +1,9 @@
 """The block-by-block walk (``loop``) and the parts it calls: capture of the first block's inputs, observation
-of each Linear's inputs, a strategy per block, block stores (memory, disk offload), resume state, block hooks."""
+of each Linear's inputs, a strategy per block, block stores (memory, disk offload), resume state, block hooks
+(the dense model's inputs beside the pruned stream's: ``dense``)."""
 
 from .capture import BlockInputs, capture_block_inputs, run_block
+from .dense import DenseInputs
 from .loop import BlockHook, WalkParts, WalkSettings, walk
 from .memory import available_memory, fix_mmap_threshold, one_pass_fits, release_free_memory
 from .observe import Observer, Reduce
@@ -15,6 +17,7 @@ __all__ = [
     "BlockInputs",
     "BlockStore",
     "BlockWork",
+    "DenseInputs",
     "LayerSolver",
     "MemoryBlocks",
     "Observer",

@@ -35,7 +35,7 @@ class BlockHook(Protocol):
     activations that walks beside the pruned one (saved and restored with it) and keep records in ``memo``, which
     a resumed walk restores. ``copies``: hidden states per token the hook keeps (the memory estimate counts them)."""
 
-    copies: int
+    copies: float
 
     def start(self, streams: list[list[torch.Tensor]], memo: dict[str, Any]) -> None: ...
 

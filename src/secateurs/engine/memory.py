@@ -61,12 +61,13 @@ def one_pass_fits(
     input_ids: torch.Tensor,
     batch_size: int,
     device: torch.device,
-    copies: int = 0,
+    copies: float = 0,
 ) -> bool:
     """Rough bound on one block's activations in the one-pass walk with batches of ``batch_size`` windows in
     lockstep: every paused batch holds a few copies of the hidden states and of the widest projection (its
     residual, the input of the Linear it waits at), the running batch its temporaries and, where they are
-    materialized, its attention scores; ``copies`` more hidden states per token are kept (tuning: 2)."""
+    materialized, its attention scores; ``copies`` more hidden states per token are kept (tuning: 2; a fit to the
+    dense model: its stream and a block's kept inputs)."""
     samples, length = input_ids.shape
     element = torch.finfo(next(model.parameters()).dtype).bits // 8
     config = getattr(model, "config", None)

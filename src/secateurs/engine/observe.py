@@ -23,6 +23,8 @@ class Observer(Protocol):
 
 MakeObserver = Callable[[Target], Observer | None]
 Reduce = Callable[[Observer], None]
+# the dense model's input of a target in a batch (``fit: dense``): (target, batch number) -> tensor
+DenseInput = Callable[[Target, int], torch.Tensor]
 
 
 class _ExpertInputs(TorchFunctionMode):
@@ -78,14 +80,22 @@ class Statistics:
     drops a group's observer as soon as the next group starts (the one-pass walk has solved it by then), so
     only the statistics being solved are held. "Just before" is per batch: the lockstep walk feeds every
     batch from its own greenlet.
+
+    ``dense_input``: each observer also gets the dense model's input of the same tokens. Every walk feeds a
+    target its batches in order, once each per pass (the lockstep resumes the batches in order), so the k-th
+    input a target is fed is batch k's.
     """
 
-    def __init__(self, make_observer: MakeObserver, keep_last_only: bool = False) -> None:
+    def __init__(
+        self, make_observer: MakeObserver, keep_last_only: bool = False, dense_input: DenseInput | None = None
+    ) -> None:
         self.make_observer = make_observer
         self.keep_last_only = keep_last_only
+        self.dense_input = dense_input
         self.leader: dict[Target, Target] = {}
         self.observers: dict[Target, Observer | None] = {}
         self.last: dict[greenlet.greenlet, tuple[torch.Tensor, Target]] = {}  # per batch
+        self.fed: dict[Target, int] = {}  # batches each target was fed in this pass
 
     def feed(self, target: Target, inputs: torch.Tensor) -> None:
         batch = greenlet.getcurrent()
@@ -99,9 +109,13 @@ class Statistics:
                     self.observers.clear()
                 self.observers[target] = self.make_observer(target)
         self.last[batch] = (inputs, target)
+        number = self.fed.get(target, 0)
+        self.fed[target] = number + 1
         if self.leader[target] is target:
             observer = self.observers[target]
-            if observer is not None:
+            if observer is not None and self.dense_input is not None:
+                observer.update(inputs, self.dense_input(target, number))
+            elif observer is not None:
                 observer.update(inputs)
 
     def observer(self, target: Target) -> Observer | None:
@@ -111,6 +125,7 @@ class Statistics:
 
     def end_pass(self) -> None:
         self.last.clear()  # holds activations otherwise
+        self.fed.clear()
 
     def reduce_all(self, targets: list[Target], reduce: Reduce | None) -> None:
         """Complete every observer with the other ranks', in the targets' order (the same on every rank); a

@@ -25,7 +25,7 @@ from ..models.discover import Target, find_targets
 from .capture import run_block
 from .lockstep import Lockstep, overwrite
 from .memory import one_pass_fits
-from .observe import Observer, Reduce, Statistics, observing
+from .observe import DenseInput, Observer, Reduce, Statistics, observing
 
 # Calibration windows per forward in the batched walks: on a 2-core CPU with SmolLM2 (512 tokens a window), 4 ran
 # a block faster than 16 and than the whole batch (cache-friendly sizes).
@@ -55,6 +55,7 @@ class BlockWork:
     seconds: dict[str, float]
     reduce: Reduce | None = None
     ignore: tuple[str, ...] = ()
+    dense_input: DenseInput | None = None  # set by a block hook for ``fit: dense`` (``engine.dense``)
 
     def solve(self, target: Target, observer: Observer | None) -> None:
         start = time.perf_counter()
@@ -113,7 +114,7 @@ def _observe(work: BlockWork, targets: list[Target], statistics: Statistics, kee
 
 
 def observe_only(work: BlockWork) -> int:
-    statistics = Statistics(work.solver.observer)
+    statistics = Statistics(work.solver.observer, dense_input=work.dense_input)
     _observe(work, work.targets, statistics, keep=True)
     for target in work.targets:
         work.solve(target, statistics.observer(target))
@@ -121,7 +122,7 @@ def observe_only(work: BlockWork) -> int:
 
 
 def two_pass(work: BlockWork) -> int:
-    statistics = Statistics(work.solver.observer)
+    statistics = Statistics(work.solver.observer, dense_input=work.dense_input)
     _observe(work, work.targets, statistics)
     for target in work.targets:
         work.solve(target, statistics.observer(target))
@@ -133,7 +134,7 @@ def two_pass(work: BlockWork) -> int:
 
 
 def one_pass(work: BlockWork) -> int:
-    statistics = Statistics(work.solver.observer, keep_last_only=True)
+    statistics = Statistics(work.solver.observer, keep_last_only=True, dense_input=work.dense_input)
     solved: set[Target] = set()
 
     def feed(target: Target, inputs: torch.Tensor) -> bool:
@@ -169,7 +170,7 @@ def staged(work: BlockWork) -> int:
     """True-sequential in batches: the first pass gives every target's statistics and the stages (groups of
     Linears fed the same tensor; all experts of one fused parameter), in call order; stage 0 is solved from
     it, and every later stage gets one more pass with the earlier stages pruned."""
-    statistics = Statistics(work.solver.observer)
+    statistics = Statistics(work.solver.observer, dense_input=work.dense_input)
     _observe(work, work.targets, statistics)
     stages: dict[object, list[Target]] = {}
     for target, leader in statistics.leader.items():  # dicts keep the call order
@@ -178,7 +179,7 @@ def staged(work: BlockWork) -> int:
     passes = 1
     for number, stage in enumerate(stages.values()):
         if number > 0:  # stage 0's statistics from the first pass are already exact
-            statistics = Statistics(work.solver.observer)
+            statistics = Statistics(work.solver.observer, dense_input=work.dense_input)
             _observe(work, stage, statistics)
             passes += 1
         for target in stage:
@@ -208,7 +209,7 @@ def choose_strategy(
     batch_size: int | None,
     device: torch.device,
     sequential: bool,
-    copies: int = 0,
+    copies: float = 0,
     distributed: bool = False,
 ) -> tuple[str, int | None]:
     """The true-sequential strategy (one-pass when its activations fit, else staged) and its batch size (None: the

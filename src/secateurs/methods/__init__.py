@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .alps import Alps
 from .base import (
+    CROSS,
     HESSIAN,
     METHODS,
     NORMS,
@@ -32,6 +33,7 @@ from .wanda import Wanda
 
 __all__ = [
     "Alps",
+    "CROSS",
     "HESSIAN",
     "METHODS",
     "NORMS",

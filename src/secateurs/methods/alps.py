@@ -28,7 +28,7 @@ import torch
 
 from ..checks import check_positive, check_whole
 from ..patterns import check_nm_columns, nm_mask, unstructured_mask
-from .base import HESSIAN, LayerPlan, Method, Solution, register_method
+from .base import HESSIAN, LayerPlan, Method, Solution, check_fit, fitted_drift, register_method
 
 DAMPENING = 0.01  # lambda as a fraction of mean(diag H), as the paper
 RHO = 0.1  # the penalty's first value, as the reference code
@@ -72,17 +72,24 @@ def admm_step(
 
 
 def admm_support(
-    target: torch.Tensor, hessian: torch.Tensor, plan: LayerPlan, rho: float, iterations: int
+    target: torch.Tensor,
+    hessian: torch.Tensor,
+    plan: LayerPlan,
+    rho: float,
+    iterations: int,
+    right: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """ADMM on every row of ``min (B - T) H (B - T)^T``, B restricted to the plan's support (``target`` T
-    [out, in], ``hessian`` H [in, in] positive definite). Returns (B's keep-mask, B on it, iterations run)."""
+    [out, in], ``hessian`` H [in, in] positive definite). Returns (B's keep-mask, B on it, iterations run).
+    ``right``: the normal equations' right-hand side R of ``min B H B^T - 2 B R^T`` when it is not T H (a fit to
+    the dense model's output); the iterations still start from T."""
     eigenvalues, eigenvectors = torch.linalg.eigh(hessian.double())
     eigenvalues, eigenvectors = eigenvalues.float(), eigenvectors.float()
 
     def inverse_with(penalty: float) -> torch.Tensor:
         return (eigenvectors / (eigenvalues + penalty)) @ eigenvectors.T  # (H + rho I)^-1, H symmetric
 
-    right = target @ hessian
+    right = target @ hessian if right is None else right
     first_support = project(target, plan)
     weights, dual, support = target.clone(), torch.zeros_like(target), first_support
     sparse = target * first_support
@@ -110,12 +117,20 @@ def admm_support(
 
 
 def pcg_refit(
-    start: torch.Tensor, target: torch.Tensor, hessian: torch.Tensor, support: torch.Tensor, iterations: int
+    start: torch.Tensor,
+    target: torch.Tensor,
+    hessian: torch.Tensor,
+    support: torch.Tensor,
+    iterations: int,
+    right: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Conjugate gradients on every row of ``min (B - T) H (B - T)^T`` with B's zeros fixed by ``support``, from
-    ``start``; H has a unit diagonal, so the Jacobi preconditioner is the identity."""
+    ``start``; H has a unit diagonal, so the Jacobi preconditioner is the identity. ``right``: as admm_support's."""
     weights = start * support
-    residual = (target - weights) @ hessian * support
+    if right is None:
+        residual = (target - weights) @ hessian * support
+    else:
+        residual = (right - weights @ hessian) * support
     direction = residual.clone()
     norm = (residual * residual).sum(1, keepdim=True)
     for _ in range(iterations):
@@ -137,9 +152,11 @@ def alps_prune(
     rho: float = RHO,
     iterations: int = 300,
     pcg_iterations: int = 10,
+    drift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """ALPS on ``weight`` [out, in] given the layer Hessian [in, in]. Returns (pruned weight, keep-mask, dead
-    inputs: features that never fired, whose weights are zeroed)."""
+    inputs: features that never fired, whose weights are zeroed). ``drift`` D [in, in]: fit the dense model's
+    output instead of the layer's own (``CrossObserver``), min ||X_dense W^T - X B^T||: B H = W (H + D)."""
     W = weight.detach().float().clone()
     H = hessian.detach().float().clone()
     dead = torch.diag(H) == 0
@@ -149,8 +166,10 @@ def alps_prune(
     scale = torch.sqrt(torch.diag(H))
     unit = H / scale.unsqueeze(0) / scale.unsqueeze(1)  # unit diagonal: B = W * scale compares as Wanda's score
     target = W * scale
-    support, weights, _ = admm_support(target, unit, plan, rho, iterations)
-    weights = pcg_refit(weights, target, unit, support, pcg_iterations)
+    # in the unit-diagonal variables B' = B * scale, B H = W H + W D reads B' unit = T unit + (W D) / scale
+    right = None if drift is None else target @ unit + (weight.detach().float() @ drift) / scale
+    support, weights, _ = admm_support(target, unit, plan, rho, iterations, right)
+    weights = pcg_refit(weights, target, unit, support, pcg_iterations, right)
     return weights / scale, support, int(dead.sum())
 
 
@@ -168,18 +187,22 @@ class Alps(Method):
     rho: float = RHO
     iterations: int = 300
     pcg_iterations: int = 10
+    fit: str = "self"  # each layer's own output on the pruned model's inputs, or the dense model's ("dense")
+    mix: float | None = None  # with fit dense: how far toward the dense model's output (None: DEFAULT_MIX)
 
     def __post_init__(self) -> None:
         check_positive(self.dampening, "dampening", "0.01")
         check_positive(self.rho, "rho", "0.1")
         check_whole(self.iterations, "iterations", CHECK_EVERY, "300")
         check_whole(self.pcg_iterations, "pcg_iterations", 0, "10")
+        object.__setattr__(self, "mix", check_fit(self.fit, self.mix))  # frozen: the share used, recorded
 
     def prune(self, weight: torch.Tensor, statistics: Any, plan: LayerPlan) -> Solution:
         if plan.pattern is not None:
             check_nm_columns(weight.shape[1], plan.pattern)
         hessian = statistics.hessian.to(weight.device)
+        drift = fitted_drift(statistics, self.fit, self.mix, weight.device)
         pruned, mask, dead = alps_prune(
-            weight, hessian, plan, self.dampening, self.rho, self.iterations, self.pcg_iterations
+            weight, hessian, plan, self.dampening, self.rho, self.iterations, self.pcg_iterations, drift
         )
         return Solution(mask, pruned, None, dead)

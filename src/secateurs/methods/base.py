@@ -15,11 +15,46 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..checks import check_choice, is_number
 from ..errors import RecipeError
 from ..patterns import NMPattern, nm_mask, unstructured_mask
 
 NORMS = "norms"  # per-input-feature sum of squares (InputNormObserver)
 HESSIAN = "hessian"  # 2 X^T X / n (HessianObserver)
+CROSS = "cross"  # the Hessian and the drift 2 (X_dense - X)^T X / n (CrossObserver): a fit to the dense model
+FITS = ("self", "dense")
+# How far toward the dense model's output a layer is fitted unless told: GPTAQ's published default (Li et al. 2025,
+# its alpha). The whole way (1) fits the calibration tokens closer but carried less beyond them where measured.
+DEFAULT_MIX = 0.25
+
+
+def check_fit(fit: object, mix: object) -> float | None:
+    """A solver's ``fit`` (what each layer is fitted to) and ``mix`` (how far toward the dense model's output);
+    returns the share to record: ``DEFAULT_MIX`` when none is given to a fit to the dense model."""
+    check_choice(fit, "fit", FITS)
+    if mix is None:
+        return DEFAULT_MIX if fit == "dense" else None
+    if not (is_number(mix) and 0 < mix <= 1):
+        raise RecipeError(
+            f"{{mix}} {mix!r} is outside (0, 1]: give the share of the way from the layer's own output to "
+            f"the dense model's, e.g. {DEFAULT_MIX}"
+        )
+    if fit == "self":
+        raise RecipeError("{mix} weighs the dense model's output: set {fit} dense, or drop {mix}")
+    return float(mix)
+
+
+def fitted_drift(statistics: Any, fit: str, mix: float | None, device: torch.device) -> torch.Tensor | None:
+    """The layer's drift times ``mix`` when it is fitted to the dense model's output, else None."""
+    if fit != "dense":
+        return None
+    drift = getattr(statistics, "drift", None)
+    if drift is None:
+        raise RecipeError(
+            "{method.fit} dense reads the dense model's input of each layer: prune through secateurs.prune (its "
+            "walk gathers them), or use {method.fit} self"
+        )
+    return drift.to(device) * (DEFAULT_MIX if mix is None else mix)
 
 
 @dataclass(frozen=True)

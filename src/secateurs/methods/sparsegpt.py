@@ -20,7 +20,7 @@ import torch
 from ..checks import check_positive, check_whole
 from ..errors import NumericalError, RecipeError
 from ..patterns import NMPattern, check_nm_columns, lowest_mask
-from .base import HESSIAN, LayerPlan, Method, Solution, register_method
+from .base import HESSIAN, LayerPlan, Method, Solution, check_fit, fitted_drift, register_method
 
 BLOCKSIZE = 128  # columns per lazy batch of the OBS sweep, as the paper
 DAMPENING = 0.01  # lambda, the fraction of mean(diag H) added to H's diagonal, as the paper
@@ -66,6 +66,18 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int
         f"{fraction:g} x mean(diag H) (from {dampening:g}, grown tenfold {retries} times): its inputs hold NaN, Inf "
         "or huge values; check the model's weights and the calibration text, or use another method for this layer"
     )
+
+
+def shift_to_dense(weight: torch.Tensor, hessian: torch.Tensor, drift: torch.Tensor, dampening: float) -> torch.Tensor:
+    """Where the sweep starts for a fit to the dense model's output (``drift`` D, ``CrossObserver``): that output's
+    least-squares fit from the layer's own inputs, W + (W D)(H + lambda I)^-1. The OBS step reads H only, never the
+    target, so the unchanged sweep from this start is the exact sequential OBS of min ||X_dense W^T - X B^T||."""
+    H = hessian.detach().float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    factor, _ = inverse_hessian_factor(H, dampening)  # U with U^T U = (H + lambda I)^-1
+    W = weight.detach().float()
+    return W + ((W @ drift) @ factor.t()) @ factor
 
 
 def _block_prune_counts(rows: int, columns: int, blocksize: int, sparsity: float) -> list[int]:
@@ -188,12 +200,16 @@ class ObsSettings:
                 f"M={pattern.m}, e.g. 128"
             )
 
-    def sweep(self, weight: torch.Tensor, statistics: Any, plan: LayerPlan, **choice: Any) -> Solution:
+    def sweep(
+        self, weight: torch.Tensor, statistics: Any, plan: LayerPlan, drift: torch.Tensor | None = None, **choice: Any
+    ) -> Solution:
         """``sparsegpt_prune`` on the layer's Hessian at the plan's sparsity and pattern; ``choice``: a fixed
-        ``mask`` or a ``saliency`` (default SparseGPT's own)."""
+        ``mask`` or a ``saliency`` (default SparseGPT's own); ``drift``: fit the dense model's output."""
         if plan.pattern is not None:
             check_nm_columns(weight.shape[1], plan.pattern)
         hessian = statistics.hessian.to(weight.device)
+        if drift is not None:
+            weight = shift_to_dense(weight, hessian, drift, self.dampening)
         result = sparsegpt_prune(weight, hessian, plan.sparsity, plan.pattern, self.blocksize, self.dampening, **choice)
         raised = result.dampening if result.dampening != self.dampening else None
         return Solution(result.mask, result.weight, raised, result.dead_inputs)
@@ -208,8 +224,15 @@ class SparseGPT(ObsSettings, Method):
     statistics: ClassVar[str | None] = HESSIAN
     sequential: ClassVar[bool] = True
 
+    fit: str = "self"  # each layer's own output on the pruned model's inputs, or the dense model's ("dense")
+    mix: float | None = None  # with fit dense: how far toward the dense model's output (None: DEFAULT_MIX)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "mix", check_fit(self.fit, self.mix))  # frozen: the share used, recorded
+
     def check(self, pattern: NMPattern | None, updated: bool) -> None:
         self.check_pattern(pattern)
 
     def prune(self, weight: torch.Tensor, statistics: Any, plan: LayerPlan) -> Solution:
-        return self.sweep(weight, statistics, plan)
+        return self.sweep(weight, statistics, plan, fitted_drift(statistics, self.fit, self.mix, weight.device))

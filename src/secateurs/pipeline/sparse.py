@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from ..allocation import layer_plans
-from ..engine import LayerSolver, WalkParts, WalkSettings, walk
+from ..engine import DenseInputs, LayerSolver, WalkParts, WalkSettings, walk
+from ..engine.dense import ROUTED
 from ..errors import CalibrationError, NumericalError, RecipeError
-from ..methods import HESSIAN, LayerPlan, solve_layer
+from ..methods import CROSS, HESSIAN, LayerPlan, solve_layer
 from ..models import Target, find_blocks, find_targets
-from ..observers import HessianObserver, InputNormObserver
+from ..observers import CrossObserver, HessianObserver, InputNormObserver
 from ..recipe import SparseRecipe
 from ..report import AllocationRecord, LayerRecord, Report, WalkRecord, peak_cuda_mib, peak_rss_mib
 from ..tuning import EbftTuner, kept_masks
@@ -60,9 +61,10 @@ class SparseSolver:
     def observer(self, target: Target) -> Observer | None:
         if self.statistics is None:  # magnitude, walked only to tune its blocks (EBFT)
             return None
-        if self.statistics == HESSIAN:
+        if self.statistics in (HESSIAN, CROSS):
             where = "cpu" if self.hessians_on_cpu else target.weight().device
-            return HessianObserver(target.in_features, where)
+            observer = CrossObserver if self.statistics == CROSS else HessianObserver
+            return observer(target.in_features, where)
         return InputNormObserver(target.in_features, target.weight().device)
 
     def solve(self, target: Target, observer: Observer | None) -> None:
@@ -106,6 +108,8 @@ def _check(model: nn.Module, recipe: SparseRecipe, calibration: torch.Tensor | N
                     "download the model again, or check the files it was converted from"
                 )
     check_parts(recipe, parts.reduce is not None, parts.store is not None)
+    if recipe.fits_dense and any(target.expert is not None for target in targets):
+        raise RecipeError(ROUTED)
     if recipe.needs_calibration and calibration is None:
         readers = _activation_readers(recipe)
         raise CalibrationError(
@@ -169,7 +173,12 @@ def _walk(
     parts: WalkParts,
 ) -> WalkRecord:
     tuner = EbftTuner(recipe.ebft) if recipe.ebft is not None else None
-    parts = WalkParts(parts.store, parts.state, parts.reduce, [tuner] if tuner is not None else [])
+    hooks: list = [tuner] if tuner is not None else []
+    if recipe.fits_dense:
+        targets = all_targets(model, recipe.ignore)
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None) or targets[0].in_features
+        hooks.insert(0, DenseInputs(hidden, max(target.in_features for target in targets)))
+    parts = WalkParts(parts.store, parts.state, parts.reduce, hooks)
     settings = WalkSettings(
         recipe.sequential, False, options.batch_size, options.device, options.progress, recipe.ignore
     )

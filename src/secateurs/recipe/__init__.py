@@ -24,7 +24,19 @@ from ..checks import check_fraction
 from ..data import Calibration
 from ..errors import RecipeError
 from ..files import read_mapping
-from ..methods import HESSIAN, METHODS, NORMS, UPDATES, DSnoT, Method, ObsUpdate, ScoreMethod, Wanda, method_class
+from ..methods import (
+    CROSS,
+    HESSIAN,
+    METHODS,
+    NORMS,
+    UPDATES,
+    DSnoT,
+    Method,
+    ObsUpdate,
+    ScoreMethod,
+    Wanda,
+    method_class,
+)
 from ..patterns import NMPattern, parse_pattern
 from ..structured import STRUCTURED_METHODS, Depth, Width
 from ..tuning import Distill, Ebft
@@ -164,7 +176,12 @@ class SparseRecipe(_Recipe):
             return HESSIAN
         if self.method.statistics is None and self.refine is not None:
             return NORMS
-        return self.method.statistics
+        return CROSS if self.fits_dense else self.method.statistics
+
+    @property
+    def fits_dense(self) -> bool:
+        """Whether layers are fitted to the dense model's output (a dense stream walks beside the pruned one)."""
+        return getattr(self.method, "fit", "self") == "dense"
 
     @property
     def needs_calibration(self) -> bool:
