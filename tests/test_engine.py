@@ -16,6 +16,34 @@ class Solver:
         self.observer, self.solve = make_observer, solve
 
 
+def _counter(tokens):
+    """An observer class that adds each target's tokens to ``tokens[name]``."""
+
+    class Counter:
+        def __init__(self, target):
+            self.target = target
+
+        def update(self, inputs):
+            tokens[self.target.name] = tokens.get(self.target.name, 0) + inputs.reshape(-1, inputs.shape[-1]).shape[0]
+
+    return Counter
+
+
+class _Toy(torch.nn.Module):
+    """A model of hand-written ``blocks`` on 8-wide embeddings of 128 tokens, walked like a decoder."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.embed = torch.nn.Embedding(128, 8)
+        self.layers = torch.nn.ModuleList(blocks)
+
+    def forward(self, input_ids, use_cache=False):
+        hidden = self.embed(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return hidden
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_blocks_replayed_with_captured_arguments_match_the_model(family, calibration):
     """Sliding/global masks, per-layer rotary tables, GPT-2's positional arguments: replaying the captured
@@ -187,20 +215,8 @@ def test_lockstep_refuses_batches_that_take_different_paths(calibration):
             first, second = (self.a, self.b) if hidden[0, 0, 0] > 0 else (self.b, self.a)
             return second(first(hidden))
 
-    class Toy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(128, 8)
-            self.layers = nn.ModuleList([Block(), Block()])
-
-        def forward(self, input_ids, use_cache=False):
-            hidden = self.embed(input_ids)
-            for layer in self.layers:
-                hidden = layer(hidden)
-            return hidden
-
     torch.manual_seed(0)
-    toy = Toy()
+    toy = _Toy([Block(), Block()])
     ids = torch.zeros(4, 4, dtype=torch.long)
     ids[0], ids[1] = 1, 2
     while (toy.embed.weight[1, 0] > 0) == (toy.embed.weight[2, 0] > 0):
@@ -247,14 +263,7 @@ def test_expert_statistics_count_routed_tokens(calibration):
     model = tiny_model("mixtral")
     tokens = {}
 
-    class Counter:
-        def __init__(self, target):
-            self.target = target
-
-        def update(self, inputs):
-            tokens[self.target.name] = tokens.get(self.target.name, 0) + inputs.reshape(-1, inputs.shape[-1]).shape[0]
-
-    walk(model, calibration, Solver(Counter, lambda target, observer: None), WalkSettings(progress=False))
+    walk(model, calibration, Solver(_counter(tokens), lambda target, observer: None), WalkSettings(progress=False))
     gate_up = sum(v for k, v in tokens.items() if "layers.0" in k and "gate_up_proj" in k)
     assert gate_up == calibration.numel() * 2
     assert tokens["model.layers.0.self_attn.q_proj"] == calibration.numel()
@@ -302,18 +311,11 @@ def test_an_observation_pass_stops_each_batch_after_its_last_observed_linear(cal
     model = tiny_model("llama")
     tokens, products = {}, [0]
 
-    class Counter:
-        def __init__(self, target):
-            self.target = target
-
-        def update(self, inputs):
-            tokens[self.target.name] = tokens.get(self.target.name, 0) + inputs.reshape(-1, inputs.shape[-1]).shape[0]
-
     _, blocks = find_blocks(model)
     blocks[0].mlp.down_proj.register_forward_hook(lambda *args: products.__setitem__(0, products[0] + 1))
     batches = 4
     settings = WalkSettings(False, batch_size=calibration.shape[0] // batches, progress=False)
-    walk(model, calibration, Solver(Counter, lambda target, observer: None), settings)
+    walk(model, calibration, Solver(_counter(tokens), lambda target, observer: None), settings)
     assert len(tokens) == 4 * len(blocks)  # q (k, v share its input), o, gate (up shares it), down
     assert all(count == calibration.numel() for count in tokens.values())
     assert products[0] == 1 + batches
@@ -336,20 +338,8 @@ def test_an_observation_pass_runs_on_when_a_later_batch_reaches_a_linear_the_fir
                 hidden = self.extra(hidden)
             return self.out(hidden)
 
-    class Toy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(128, 8)
-            self.layers = nn.ModuleList([Block()])
-
-        def forward(self, input_ids, use_cache=False):
-            hidden = self.embed(input_ids)
-            for layer in self.layers:
-                hidden = layer(hidden)
-            return hidden
-
     torch.manual_seed(0)
-    toy = Toy()
+    toy = _Toy([Block()])
     ids = torch.zeros(2, 4, dtype=torch.long)
     ids[1] = 1
     with torch.no_grad():  # token 0 skips extra, token 1 takes it

@@ -45,7 +45,8 @@ def check_fit(fit: object, mix: object) -> float | None:
 
 
 def fitted_drift(statistics: Any, fit: str, mix: float | None, device: torch.device) -> torch.Tensor | None:
-    """The layer's drift times ``mix`` when it is fitted to the dense model's output, else None."""
+    """The layer's drift times ``mix`` (``check_fit``'s share) when it is fitted to the dense model's output,
+    else None."""
     if fit != "dense":
         return None
     drift = getattr(statistics, "drift", None)
@@ -54,7 +55,7 @@ def fitted_drift(statistics: Any, fit: str, mix: float | None, device: torch.dev
             "{method.fit} dense reads the dense model's input of each layer: prune through secateurs.prune (its "
             "walk gathers them), or use {method.fit} self"
         )
-    return drift.to(device) * (DEFAULT_MIX if mix is None else mix)
+    return drift.to(device) * mix
 
 
 @dataclass(frozen=True)

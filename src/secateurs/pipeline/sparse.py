@@ -171,11 +171,12 @@ def _walk(
     solver: SparseSolver,
     options: RunOptions,
     parts: WalkParts,
+    targets: list[Target],
 ) -> WalkRecord:
+    """The walk with the recipe's block hooks; ``targets``: every Linear it prunes (the dense stream's sizes)."""
     tuner = EbftTuner(recipe.ebft) if recipe.ebft is not None else None
     hooks: list = [tuner] if tuner is not None else []
     if recipe.fits_dense:
-        targets = all_targets(model, recipe.ignore)
         hidden = getattr(getattr(model, "config", None), "hidden_size", None) or targets[0].in_features
         hooks.insert(0, DenseInputs(hidden, max(target.in_features for target in targets)))
     parts = WalkParts(parts.store, parts.state, parts.reduce, hooks)
@@ -204,7 +205,7 @@ def prune_sparse(
     solver = SparseSolver(recipe, plans, options.hessians_on_cpu, parts.state.layers if parts.state else [])
     walk_record = None
     if recipe.statistics is not None or recipe.ebft is not None:
-        walk_record = _walk(model, recipe, calibration, solver, options, parts)
+        walk_record = _walk(model, recipe, calibration, solver, options, parts, targets)
     else:
         _solve_all(model, solver, recipe, parts)
     distilled = None
