@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from secateurs.errors import RecipeError
-from secateurs.patterns import NMPattern, is_nm_sparse, lowest_mask, nm_mask, parse_pattern, unstructured_mask
+from secateurs.patterns import (
+    NMPattern,
+    is_nm_sparse,
+    kth_smallest,
+    lowest_mask,
+    nm_mask,
+    parse_pattern,
+    unstructured_mask,
+)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +88,31 @@ def test_lowest_mask_equals_a_stable_sort_with_many_ties(dim):
             order = torch.sort(score, dim=1, stable=True).indices[:, :k]
             expected = torch.ones_like(score, dtype=torch.bool).scatter_(1, order, False)
         assert torch.equal(mask, expected), k
+
+
+def _layouts(total: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    periodic = torch.zeros(total)
+    periodic[:: total // 4096] = -1.0  # exactly what the strided sample sees: a sample far from the whole
+    return {
+        "normal": torch.randn(total, generator=generator),
+        "ties": torch.randint(0, 7, (total,), generator=generator).float(),
+        "sorted": torch.arange(total, dtype=torch.float32),
+        "periodic": periodic,
+    }
+
+
+@pytest.mark.parametrize("layout", ["normal", "ties", "sorted", "periodic"])
+def test_kth_smallest_is_kthvalue_on_a_whole_layer(layout):
+    values = _layouts(300_001)[layout]
+    for k in (1, 2, 1000, 150_000, 299_999, 300_001):
+        assert kth_smallest(values, k) == torch.kthvalue(values, k).values, k
+
+
+def test_whole_layer_mask_keeps_the_stable_sort_order_on_a_large_layer():
+    score = torch.randint(0, 50, (300, 700), generator=torch.Generator().manual_seed(2)).float()
+    k = 105_000
+    order = torch.sort(score.flatten(), stable=True).indices[:k]
+    expected = torch.ones(score.numel(), dtype=torch.bool)
+    expected[order] = False
+    assert torch.equal(lowest_mask(score, k), expected.view_as(score))

@@ -175,8 +175,11 @@ class CrossObserver(HessianObserver):
         for chunk, reference in zip(rows.split(_CHUNK_ROWS), dense_rows.split(_CHUNK_ROWS), strict=True):
             total = seen + chunk.shape[0]
             chunk = chunk.float()
-            product = (reference.float() - chunk).t() @ chunk
-            self.drift.mul_(seen / total).add_(product.to(self.drift.device), alpha=2.0 / total)
+            difference = (reference.float() - chunk).t()
+            if chunk.device == self.drift.device:  # in place: no [in, in] temporary per chunk
+                self.drift.addmm_(difference, chunk, beta=seen / total, alpha=2.0 / total)
+            else:
+                self.drift.mul_(seen / total).add_((difference @ chunk).to(self.drift.device), alpha=2.0 / total)
             seen = total
         super().update(inputs)
 
