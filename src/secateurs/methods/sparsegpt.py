@@ -68,16 +68,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int
     )
 
 
-def shift_to_dense(weight: torch.Tensor, hessian: torch.Tensor, drift: torch.Tensor, dampening: float) -> torch.Tensor:
+def shift_to_dense(weight: torch.Tensor, factor: torch.Tensor, drift: torch.Tensor) -> torch.Tensor:
     """Where the sweep starts for a fit to the dense model's output (``drift`` D, ``CrossObserver``): that output's
-    least-squares fit from the layer's own inputs, W + (W D)(H + lambda I)^-1. The OBS step reads H only, never the
-    target, so the unchanged sweep from this start is the exact sequential OBS of min ||X_dense W^T - X B^T||."""
-    H = hessian.detach().float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    factor, _ = inverse_hessian_factor(H, dampening)  # U with U^T U = (H + lambda I)^-1
-    W = weight.detach().float()
-    return W + ((W @ drift) @ factor.t()) @ factor
+    least-squares fit from the layer's own inputs, W + (W D)(H + lambda I)^-1, with ``factor`` U the sweep's own
+    (U^T U = (H + lambda I)^-1). The OBS step reads H only, never the target, so the unchanged sweep from this
+    start is the exact sequential OBS of min ||X_dense W^T - X B^T||."""
+    return weight + ((weight @ drift) @ factor.t()) @ factor
 
 
 def _block_prune_counts(rows: int, columns: int, blocksize: int, sparsity: float) -> list[int]:
@@ -96,21 +92,25 @@ def sparsegpt_prune(
     dampening: float = DAMPENING,
     mask: torch.Tensor | None = None,
     saliency: Saliency = obs_saliency,
+    drift: torch.Tensor | None = None,
 ) -> SparseGPTResult:
     """Prune ``weight`` [out, in] given the layer Hessian ``H = 2 X^T X / n`` [in, in].
 
     ``mask`` (True = keep), when given, fixes which weights go and only the OBS update is applied;
     otherwise the mask is chosen by ``saliency`` on the current (already updated) weights, per column block
-    (unstructured: exactly ``int(out * in * sparsity)`` weights in all) or per M columns (N:M).
+    (unstructured: exactly ``int(out * in * sparsity)`` weights in all) or per M columns (N:M). ``drift``: the
+    sweep starts from the fit to the dense model's output (``shift_to_dense``).
     """
     W = weight.detach().clone().float()
     H = hessian.detach().clone().float()
     rows, columns = W.shape
     dead = torch.diag(H) == 0
     H[dead, dead] = 1  # as the reference: an input that never fires has no curvature; its weights go
-    W[:, dead] = 0
     Hinv, used = inverse_hessian_factor(H, dampening)
     del H
+    if drift is not None:
+        W = shift_to_dense(W, Hinv, drift.float())
+    W[:, dead] = 0
     counts = _block_prune_counts(rows, columns, blocksize, sparsity)
     kept = torch.ones_like(W, dtype=torch.bool)
 
@@ -208,9 +208,9 @@ class ObsSettings:
         if plan.pattern is not None:
             check_nm_columns(weight.shape[1], plan.pattern)
         hessian = statistics.hessian.to(weight.device)
-        if drift is not None:
-            weight = shift_to_dense(weight, hessian, drift, self.dampening)
-        result = sparsegpt_prune(weight, hessian, plan.sparsity, plan.pattern, self.blocksize, self.dampening, **choice)
+        result = sparsegpt_prune(
+            weight, hessian, plan.sparsity, plan.pattern, self.blocksize, self.dampening, drift=drift, **choice
+        )
         raised = result.dampening if result.dampening != self.dampening else None
         return Solution(result.mask, result.weight, raised, result.dead_inputs)
 
