@@ -10,7 +10,7 @@ from secateurs import load_recipe, prune
 from secateurs.errors import RecipeError
 from secateurs.methods import LayerPlan
 from secateurs.methods.alps import admm_step, admm_support, alps_prune, pcg_refit
-from secateurs.methods.sparsegpt import sparsegpt_prune
+from secateurs.methods.sparsegpt import ObsSettings, sparsegpt_prune
 from secateurs.patterns import NMPattern, is_nm_sparse
 
 
@@ -79,7 +79,7 @@ def test_alps_reconstructs_the_layer_better_than_sparsegpt(sparsity, pattern):
     weight, inputs, observer = _layer(rows=48, columns=64, tokens=1024)
     plan = LayerPlan(sparsity, pattern)
     pruned, _, _ = alps_prune(weight, observer.hessian, plan)
-    reference = sparsegpt_prune(weight, observer.hessian, sparsity, pattern, blocksize=64).weight
+    reference = sparsegpt_prune(weight, observer.hessian, sparsity, pattern, settings=ObsSettings(blocksize=64)).weight
     assert _error(weight, pruned, inputs) < _error(weight, reference, inputs)
 
 

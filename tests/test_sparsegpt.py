@@ -7,7 +7,7 @@ from tiny_models import FAMILIES, tiny_model
 from secateurs import load_recipe, prune
 from secateurs.errors import NumericalError, RecipeError
 from secateurs.methods import LayerPlan, solve_layer
-from secateurs.methods.sparsegpt import inverse_hessian_factor, sparsegpt_prune
+from secateurs.methods.sparsegpt import ObsSettings, inverse_hessian_factor, sparsegpt_prune
 from secateurs.models import find_blocks, find_targets
 from secateurs.observers import HessianObserver, InputNormObserver
 from secateurs.patterns import NMPattern, is_nm_sparse, unstructured_mask
@@ -64,7 +64,7 @@ def test_obs_update_lowers_the_reconstruction_error_of_the_same_mask():
 @pytest.mark.parametrize("sparsity,blocksize", [(0.5, 128), (0.5, 16), (0.7, 24), (0.33, 7)])
 def test_unstructured_sparsity_is_exact(sparsity, blocksize):
     weight, _, observer = _layer()
-    result = sparsegpt_prune(weight, observer.hessian, sparsity, blocksize=blocksize)
+    result = sparsegpt_prune(weight, observer.hessian, sparsity, settings=ObsSettings(blocksize=blocksize))
     assert int((result.weight == 0).sum()) == int(weight.numel() * sparsity)
     assert torch.equal(result.weight != 0, result.mask)
 
@@ -72,7 +72,8 @@ def test_unstructured_sparsity_is_exact(sparsity, blocksize):
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
 def test_nm_pattern_is_valid(n, m):
     weight, _, observer = _layer()
-    result = sparsegpt_prune(weight, observer.hessian, 1 - n / m, pattern=NMPattern(n, m), blocksize=16)
+    settings = ObsSettings(blocksize=16)
+    result = sparsegpt_prune(weight, observer.hessian, 1 - n / m, pattern=NMPattern(n, m), settings=settings)
     assert is_nm_sparse(result.weight, NMPattern(n, m))
     assert int((result.weight != 0).sum()) == weight.numel() * n // m
 

@@ -88,8 +88,7 @@ def sparsegpt_prune(
     hessian: torch.Tensor,
     sparsity: float,
     pattern: NMPattern | None = None,
-    blocksize: int = BLOCKSIZE,
-    dampening: float = DAMPENING,
+    settings: ObsSettings | None = None,
     mask: torch.Tensor | None = None,
     saliency: Saliency = obs_saliency,
     drift: torch.Tensor | None = None,
@@ -99,8 +98,11 @@ def sparsegpt_prune(
     ``mask`` (True = keep), when given, fixes which weights go and only the OBS update is applied;
     otherwise the mask is chosen by ``saliency`` on the current (already updated) weights, per column block
     (unstructured: exactly ``int(out * in * sparsity)`` weights in all) or per M columns (N:M). ``drift``: the
-    sweep starts from the fit to the dense model's output (``shift_to_dense``).
+    sweep starts from the fit to the dense model's output (``shift_to_dense``). ``settings``: the block size and
+    dampening (default the paper's).
     """
+    settings = settings or ObsSettings()
+    blocksize, dampening = settings.blocksize, settings.dampening
     W = weight.detach().clone().float()
     H = hessian.detach().clone().float()
     rows, columns = W.shape
@@ -208,9 +210,7 @@ class ObsSettings:
         if plan.pattern is not None:
             check_nm_columns(weight.shape[1], plan.pattern)
         hessian = statistics.hessian.to(weight.device)
-        result = sparsegpt_prune(
-            weight, hessian, plan.sparsity, plan.pattern, self.blocksize, self.dampening, drift=drift, **choice
-        )
+        result = sparsegpt_prune(weight, hessian, plan.sparsity, plan.pattern, self, drift=drift, **choice)
         raised = result.dampening if result.dampening != self.dampening else None
         return Solution(result.mask, result.weight, raised, result.dead_inputs)
 
