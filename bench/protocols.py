@@ -143,9 +143,17 @@ class Recipes(QCpu):
     def __init__(self) -> None:
         super().__init__()
         self.targets = _recipe_targets(self.q_cpu.RECIPES)
+        # a recipe with block tuning is also shown against the one-shot recipe it starts from (its gain, its cost)
+        self.trained = [(name, name.split("-ebft")[0]) for name in self.q_cpu.RECIPES if "-ebft" in name]
         # the peer's perplexity is all these targets read (time is judged against secateurs' SparseGPT): one
         # measurement, in the first round, instead of three rounds of its 8-minute prune
         self.once = set(self.q_cpu.PEER)
+
+    def selection(self, only: list[str] | None) -> list[str]:
+        """The configurations asked for, what their targets compare with, and the one-shot starts of training rows."""
+        rows = list(dict.fromkeys(target.row for target in self.targets))
+        hint = "see python bench/run.py recipes --list"
+        return select(only, rows, self.known(), _pairs(self.targets) + self.trained, hint)
 
 
 class Structured:

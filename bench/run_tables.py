@@ -212,6 +212,8 @@ def run_block(path: Path) -> str:
         measured += ["", "Training rows, against the one-shot run each starts from:", "", *trained] if trained else []
     else:
         measured = [f"Peak RSS: {results.get('peak_rss_point', 'see the protocol')}.", "", *rows_table(results)]
+    if results["protocol"] != "structured" and trained_table(results):
+        measured += ["", "Training rows, against the one-shot run each starts from:", "", *trained_table(results)]
     return "\n".join([provenance(results, path), *measured, "", *verdict_table(results)])
 
 

@@ -275,6 +275,16 @@ def test_every_recipe_is_held_to_both_texts_and_to_its_time_budget():
     ]
 
 
+def test_a_recipe_with_block_tuning_brings_its_one_shot_start_into_the_run():
+    import protocols
+
+    recipes = protocols.Recipes()
+    names = recipes.selection(["alps-50-ebft-model-e1"])
+    # the peer and SparseGPT for its targets, and ALPS alone: the gain and the cost of the tuning, same run
+    assert sorted(names) == ["alps-50", "alps-50-ebft-model-e1", "llmcompressor-sparsegpt-50", "sparsegpt-50"]
+    assert ("alps-50-ebft-model-e1", "alps-50") in recipes.trained
+
+
 def test_a_row_judged_only_by_its_quality_is_measured_once(tmp_path, monkeypatch):
     import protocols
 
