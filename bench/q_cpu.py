@@ -129,6 +129,13 @@ RECIPES: dict[str, dict] = {
     # the "best" preset: one epoch of EBFT toward the dense model after ALPS (a 4x budget)
     "alps-50-ebft-model-e1": {"method": "alps", "ebft": {"epochs": 1, "target": "model"}},
     "alps-2:4-ebft-model-e1": {"method": "alps", "pattern": "2:4", "ebft": {"epochs": 1, "target": "model"}},
+    # the same with the tuning's products in bfloat16 where the CPU has bfloat16 units (AVX512-BF16 here)
+    "alps-50-ebft-model-e1-auto": {"method": "alps", "ebft": {"epochs": 1, "target": "model", "precision": "auto"}},
+    "alps-2:4-ebft-model-e1-auto": {
+        "method": "alps",
+        "pattern": "2:4",
+        "ebft": {"epochs": 1, "target": "model", "precision": "auto"},
+    },
 }
 SECATEURS.update(ALLOCATION)
 SECATEURS.update(RECIPES)
@@ -243,6 +250,7 @@ def tuning_facts(recipe, report) -> dict:  # noqa: ANN001
     return {
         "ebft_epochs": recipe.ebft.epochs if recipe.ebft is not None else 0,
         "ebft_target": recipe.ebft.target if recipe.ebft is not None else "block",
+        "ebft_precision": recipe.ebft.precision if recipe.ebft is not None else None,
         "distill_epochs": recipe.distill.epochs if recipe.distill is not None else 0,
         "distill": to_json_value(report.distill) if report.distill is not None else {},
     }

@@ -164,6 +164,62 @@ def test_ebft_on_a_bfloat16_model_keeps_its_dtype(calibration):
     assert all(r.error_after < r.error_before for r in report.walk.ebft.blocks)
 
 
+def test_bfloat16_products_tune_the_float32_weights_and_keep_the_zeros():
+    """Mixed precision: the products in bfloat16, the weights Adam steps stay float32 and the zeros stay zero;
+    the error falls as with float32 products."""
+    dense = TwoLayer()
+    inputs = [torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.no_grad():
+        outputs = [dense(x) for x in inputs]
+    errors = {}
+    for precision in ("float32", "bfloat16"):
+        block, targets = _pruned_block()
+        zeros = {t.name: t.weight() == 0 for t in targets}
+        settings = TuneSettings(epochs=20, lr=1e-2, precision=precision)
+        losses = tune_block(block, targets, inputs, outputs, {4: {}}, settings)
+        assert all(p.dtype == torch.float32 for p in block.parameters())
+        for target in targets:
+            assert torch.equal(target.weight() == 0, zeros[target.name]), target.name
+        errors[precision] = losses[-1] / losses[0]
+    assert errors["bfloat16"] < 0.5
+    assert errors["bfloat16"] == pytest.approx(errors["float32"], abs=0.05)
+
+
+def test_bfloat16_products_run_in_bfloat16():
+    """The Linears' products inside the tuning are bfloat16 ones (autocast); outside it, float32 again."""
+    seen: list[torch.dtype] = []
+    block, targets = _pruned_block()
+    block.down.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    inputs = [torch.randn(4, 5, 8)]
+    settings = TuneSettings(epochs=1, lr=1e-3, precision="bfloat16")
+    tune_block(block, targets, inputs, [torch.zeros(4, 5, 8)], {4: {}}, settings)
+    with torch.no_grad():
+        block(inputs[0])
+    assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_auto_precision_is_bfloat16_only_where_the_device_has_bfloat16_units(monkeypatch):
+    from secateurs.tuning.adam import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("float32", cpu) == "float32"
+    assert resolve_precision("bfloat16", cpu) == "bfloat16"  # asked for: given, even if emulated
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_precision("auto", cpu) == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", cpu) == "bfloat16"
+
+
+def test_the_report_names_the_precision_the_tuning_ran_in(calibration, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    recipe = load_recipe({"method": "wanda", "ebft": {"epochs": 1, "precision": "auto"}})
+    report = prune(tiny_model("llama"), recipe, calibration, device="cpu", progress=False)
+    assert report.walk.ebft.precision == "float32"  # auto, resolved on a CPU without bfloat16 units
+    assert recipe.to_dict()["ebft"]["precision"] == "auto"  # the recipe keeps what was asked
+
+
 @pytest.mark.parametrize("target", ["block", "model"])
 def test_each_block_is_fitted_to_the_outputs_its_target_names(target, calibration, monkeypatch):
     """``block``: the dense block's outputs on the pruned model's inputs of the block; ``model``: the dense
@@ -223,6 +279,7 @@ def test_ebft_toward_the_dense_model_moves_the_model_toward_it(calibration):
         ({"epochs": 2, "lr": 0}, "ebft.lr"),
         ({"epochs": 2, "lr": float("nan")}, "ebft.lr"),
         ({"epochs": 2, "target": "dense"}, "ebft.target"),
+        ({"epochs": 2, "precision": "float16"}, "ebft.precision"),
     ],
 )
 def test_bad_ebft_settings_are_refused(options, message):

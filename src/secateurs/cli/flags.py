@@ -146,6 +146,13 @@ TUNING = (
         choices=("block", "model"),
     ),
     Flag(
+        "--ebft-precision",
+        "recipe.ebft.precision",
+        "EBFT's forward and backward products: float32, bfloat16 (weights and Adam stay float32), or auto "
+        "(bfloat16 where the GPU or CPU has bfloat16 units: AVX512-BF16, AMX)",
+        choices=("float32", "bfloat16", "auto"),
+    ),
+    Flag(
         "--distill-epochs",
         "recipe.distill.epochs",
         "epochs of Adam over the calibration windows after the walk, "

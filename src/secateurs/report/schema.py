@@ -47,6 +47,7 @@ class EbftRecord:
     lr: float
     target: str
     blocks: list[TunedBlock] = field(default_factory=list)
+    precision: str = "float32"  # the tuning's products, as resolved on the device (auto: bfloat16 or float32)
 
 
 @dataclass

@@ -16,7 +16,7 @@ in its inputs (the "global propagation" of Shin et al. 2024, "Rethinking Pruning
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from ..engine.lockstep import overwrite
 from ..engine.strategies import BlockWork
 from ..models.discover import Target
 from ..report.schema import EbftRecord, TunedBlock
-from .adam import MaskedAdam, TuneSettings, kept_masks
+from .adam import PRECISIONS, MaskedAdam, TuneSettings, autocast, kept_masks, resolve_precision
 
 # Adam's step, constant: on SmolLM2's first blocks 1e-4 needed four times the epochs of 1e-3 to the same error,
 # 3e-3 did no better, and a cosine decay to zero did worse than the constant rate at the same epochs
@@ -40,20 +40,22 @@ TARGETS = ("block", "model")
 @dataclass(frozen=True)
 class Ebft:
     """``epochs`` of Adam at ``lr`` per pruned block, one step per calibration batch; ``target``: ``block`` or
-    ``model`` (see the module docstring)."""
+    ``model`` (see the module docstring); ``precision``: the tuning's products (``secateurs.tuning.adam``)."""
 
     epochs: int
     lr: float = DEFAULT_LR
     target: str = "block"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         check_whole(self.epochs, "epochs", 1, "8")
         check_positive(self.lr, "lr", "1e-3")
         check_choice(self.target, "target", TARGETS)
+        check_choice(self.precision, "precision", PRECISIONS)
 
     @property
     def settings(self) -> TuneSettings:
-        return TuneSettings(self.epochs, self.lr)
+        return TuneSettings(self.epochs, self.lr, precision=self.precision)
 
 
 def tune_block(
@@ -68,14 +70,17 @@ def tune_block(
     ``run_block(block, inputs[j], ...)`` and ``dense_outputs[j]``; returns each epoch's mean loss.
 
     The steps are ``MaskedAdam``'s: pruned weights stay zero, and nothing but the targets' weights changes.
+    The forward and backward products are in ``settings.precision`` (resolved: float32 or bfloat16).
     """
     generator = torch.Generator().manual_seed(settings.seed)
     losses: list[float] = []
+    device = inputs[0].device
     with torch.enable_grad(), MaskedAdam(block, kept_masks(targets), settings.lr) as adam:
         for _ in range(settings.epochs):
             total = 0.0
             for j in torch.randperm(len(inputs), generator=generator).tolist():
-                output = run_block(block, inputs[j], arguments[inputs[j].shape[0]])
+                with autocast(settings.precision, device):
+                    output = run_block(block, inputs[j], arguments[inputs[j].shape[0]])
                 total += adam.step(F.mse_loss(output.float(), dense_outputs[j].float()))
             losses.append(total / len(inputs))
     return losses
@@ -102,6 +107,7 @@ class EbftTuner:
         self.inputs: list[torch.Tensor] = []
         self.dense: list[torch.Tensor] = []
         self.update = 0.0
+        self.precision = ebft.precision  # resolved on the device of the first block tuned
 
     def start(self, streams: list[list[torch.Tensor]], memo: dict[str, Any]) -> None:
         if self.ebft.target == "model":
@@ -128,7 +134,9 @@ class EbftTuner:
         start = time.perf_counter()
         before = self._error(work.hidden)
         untuned = {name: tensor.clone() for name, tensor in work.block.state_dict().items()}
-        losses = tune_block(work.block, work.retarget(), self.inputs, self.dense, work.arguments, self.ebft.settings)
+        self.precision = resolve_precision(self.ebft.precision, self.inputs[0].device)
+        settings = replace(self.ebft.settings, precision=self.precision)
+        losses = tune_block(work.block, work.retarget(), self.inputs, self.dense, work.arguments, settings)
         self._propagate(work)
         after = self._error(work.hidden)
         kept = after < before
@@ -150,6 +158,5 @@ class EbftTuner:
         return missed / self.update if self.update else 0.0
 
     def record(self) -> EbftRecord:
-        return EbftRecord(
-            self.ebft.epochs, self.ebft.lr, self.ebft.target, [TunedBlock(**block) for block in self.blocks]
-        )
+        blocks = [TunedBlock(**block) for block in self.blocks]
+        return EbftRecord(self.ebft.epochs, self.ebft.lr, self.ebft.target, blocks, self.precision)
