@@ -75,7 +75,9 @@ def _q_cpu_targets() -> list[Target]:
 class QCpu:
     """Protocol Q-CPU (docs/benchmarks.md): SmolLM2-135M on 2 threads, C4 calibration 128 x 512, WikiText-2."""
 
+    name = "q-cpu"
     targets = _q_cpu_targets()
+    trained: list[tuple[str, str]] = []  # (a row with training, the one-shot row it starts from)
 
     def __init__(self) -> None:
         sys.path.insert(0, str(HERE))
@@ -88,10 +90,11 @@ class QCpu:
         return {*self.q_cpu.SECATEURS, *self.q_cpu.PEER, *(f"floor-batch{b}" for b in self.q_cpu.FLOOR_BATCHES)}
 
     def selection(self, only: list[str] | None) -> list[str]:
-        """The configurations asked for (every target's row when none is), then what their targets compare with."""
+        """The configurations asked for (every target's row when none is), then what their targets compare with
+        and the one-shot starts of training rows."""
         rows = list(dict.fromkeys(target.row for target in self.targets))
-        hint = "see python bench/run.py q-cpu --list"
-        return select(only, rows, self.known(), _pairs(self.targets), hint)
+        hint = f"see python bench/run.py {self.name} --list"
+        return select(only, rows, self.known(), _pairs(self.targets) + self.trained, hint)
 
     def prepare(self) -> None:
         _child("q_cpu.py", "--step", "prepare")
@@ -140,6 +143,8 @@ class Recipes(QCpu):
     """Protocol Q-CPU for the one-shot recipes beyond SparseGPT (bench/q_cpu.py's RECIPES), each with
     secateurs' and llmcompressor's SparseGPT at its sparsity in the same run."""
 
+    name = "recipes"
+
     def __init__(self) -> None:
         super().__init__()
         self.targets = _recipe_targets(self.q_cpu.RECIPES)
@@ -148,12 +153,6 @@ class Recipes(QCpu):
         # the peer's perplexity is all these targets read (time is judged against secateurs' SparseGPT): one
         # measurement, in the first round, instead of three rounds of its 8-minute prune
         self.once = set(self.q_cpu.PEER)
-
-    def selection(self, only: list[str] | None) -> list[str]:
-        """The configurations asked for, what their targets compare with, and the one-shot starts of training rows."""
-        rows = list(dict.fromkeys(target.row for target in self.targets))
-        hint = "see python bench/run.py recipes --list"
-        return select(only, rows, self.known(), _pairs(self.targets) + self.trained, hint)
 
 
 class Structured:

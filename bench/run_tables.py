@@ -207,13 +207,11 @@ def run_block(path: Path) -> str:
     if results["protocol"] in ("s", "gguf"):
         measured = [f"Settings: {results['settings']}.", "", *cuts_table(results)]
     elif results["protocol"] == "structured":
-        trained = trained_table(results)
         measured = [f"Peak RSS: {results['peak_rss_point']}.", "", *structured_table(results)]
-        measured += ["", "Training rows, against the one-shot run each starts from:", "", *trained] if trained else []
     else:
         measured = [f"Peak RSS: {results.get('peak_rss_point', 'see the protocol')}.", "", *rows_table(results)]
-    if results["protocol"] != "structured" and trained_table(results):
-        measured += ["", "Training rows, against the one-shot run each starts from:", "", *trained_table(results)]
+    trained = trained_table(results)
+    measured += ["", "Training rows, against the one-shot run each starts from:", "", *trained] if trained else []
     return "\n".join([provenance(results, path), *measured, "", *verdict_table(results)])
 
 
