@@ -108,3 +108,16 @@ def test_alps_through_a_recipe_and_on_a_tiny_model():
             assert is_nm_sparse(module.weight, NMPattern(2, 4)), name
     with pytest.raises(RecipeError, match="rho"):
         load_recipe({"method": {"name": "alps", "rho": -1}})
+
+
+def test_compared_within_rows_every_row_keeps_the_same_count():
+    weight, _, observer = _layer(rows=8, columns=16)
+    weight = weight * torch.linspace(0.1, 3.0, 8).unsqueeze(1)  # rows of very different sizes
+    _, layer_mask, _ = alps_prune(weight, observer.hessian, LayerPlan(0.5, None))
+    assert len(set(layer_mask.sum(1).tolist())) > 1  # the layer-wide top-k takes more from the small rows
+    pruned, mask, _ = alps_prune(weight, observer.hessian, LayerPlan(0.5, None), per_row=True)
+    assert mask.sum(1).tolist() == [8] * 8 and (pruned[~mask] == 0).all()
+    solution = solve_weight(weight, {"method": {"name": "alps", "compare": "row"}, "sparsity": 0.5}, observer)
+    assert solution.mask.sum(1).tolist() == [8] * 8
+    with pytest.raises(RecipeError, match="compare"):
+        load_recipe({"method": {"name": "alps", "compare": "column"}})

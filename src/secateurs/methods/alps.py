@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..checks import check_positive, check_whole
+from ..checks import check_choice, check_positive, check_whole
 from ..patterns import check_nm_columns, nm_mask, unstructured_mask
 from .base import HESSIAN, LayerPlan, Method, Solution, check_fit, fitted_drift, register_method
 
@@ -34,14 +34,18 @@ DAMPENING = 0.01  # lambda as a fraction of mean(diag H), as the paper
 RHO = 0.1  # the penalty's first value, as the reference code
 CHECK_EVERY = 3  # iterations between two looks at the support (and rho updates)
 MAX_RHO = 1e6
+# where the unstructured top-k compares: the whole layer, as the paper, or each row, as Wanda (rows keep equal
+# counts: Wanda's ablations found the per-row comparison better on LLaMA models for its score, which ALPS's is)
+COMPARE = ("layer", "row")
 
 
-def project(values: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
-    """Keep-mask of the plan's largest magnitudes: over the whole layer (unstructured, as ALPS's top-k), or the
-    N largest of every M consecutive inputs of a row."""
+def project(values: torch.Tensor, plan: LayerPlan, per_row: bool = False) -> torch.Tensor:
+    """Keep-mask of the plan's largest magnitudes: over the whole layer (unstructured, as ALPS's top-k) or within
+    each row (``per_row``: every row keeps the same count, as Wanda compares), or the N largest of every M
+    consecutive inputs of a row."""
     if plan.pattern is not None:
         return nm_mask(values.abs(), plan.pattern)
-    return unstructured_mask(values.abs(), plan.sparsity, per_row=False)
+    return unstructured_mask(values.abs(), plan.sparsity, per_row=per_row)
 
 
 def _next_rho(rho: float, changed: int, kept: int, raised: bool) -> tuple[float, bool, str]:
@@ -60,13 +64,19 @@ def _next_rho(rho: float, changed: int, kept: int, raised: bool) -> tuple[float,
 
 
 def admm_step(
-    right: torch.Tensor, inverse: torch.Tensor, sparse: torch.Tensor, dual: torch.Tensor, rho: float, plan: LayerPlan
+    right: torch.Tensor,
+    inverse: torch.Tensor,
+    sparse: torch.Tensor,
+    dual: torch.Tensor,
+    rho: float,
+    plan: LayerPlan,
+    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One ADMM iteration: B = (T H - V + rho D)(H + rho I)^-1 (``right`` = T H, ``inverse`` = (H + rho I)^-1),
     D = the plan's projection of B + V / rho, V = V + rho (B - D). Returns (B, D, V, D's keep-mask)."""
     weights = (right - dual + rho * sparse) @ inverse
     shifted = weights + dual / rho
-    support = project(shifted, plan)
+    support = project(shifted, plan, per_row)
     sparse = shifted * support
     return weights, sparse, dual + rho * (weights - sparse), support
 
@@ -78,11 +88,12 @@ def admm_support(
     rho: float,
     iterations: int,
     right: torch.Tensor | None = None,
+    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """ADMM on every row of ``min (B - T) H (B - T)^T``, B restricted to the plan's support (``target`` T
     [out, in], ``hessian`` H [in, in] positive definite). Returns (B's keep-mask, B on it, iterations run).
     ``right``: the normal equations' right-hand side R of ``min B H B^T - 2 B R^T`` when it is not T H (a fit to
-    the dense model's output); the iterations still start from T."""
+    the dense model's output); the iterations still start from T. ``per_row``: ``project``'s."""
     eigenvalues, eigenvectors = torch.linalg.eigh(hessian.double())
     eigenvalues, eigenvectors = eigenvalues.float(), eigenvectors.float()
 
@@ -90,12 +101,12 @@ def admm_support(
         return (eigenvectors / (eigenvalues + penalty)) @ eigenvectors.T  # (H + rho I)^-1, H symmetric
 
     right = target @ hessian if right is None else right
-    first_support = project(target, plan)
+    first_support = project(target, plan, per_row)
     weights, dual, support = target.clone(), torch.zeros_like(target), first_support
     sparse = target * first_support
     inverse, raised, step = inverse_with(rho), False, 0
     for step in range(1, iterations + 1):
-        weights, sparse, dual, new_support = admm_step(right, inverse, sparse, dual, rho, plan)
+        weights, sparse, dual, new_support = admm_step(right, inverse, sparse, dual, rho, plan, per_row)
         if step % CHECK_EVERY:
             continue
         changed, kept = int((new_support ^ support).sum()), int(new_support.sum())
@@ -112,7 +123,7 @@ def admm_support(
             )
         rho = min(rho, MAX_RHO)
         inverse = inverse_with(rho)
-    support = project(weights, plan)
+    support = project(weights, plan, per_row)
     return support, weights * support, step
 
 
@@ -153,10 +164,12 @@ def alps_prune(
     iterations: int = 300,
     pcg_iterations: int = 10,
     drift: torch.Tensor | None = None,
+    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """ALPS on ``weight`` [out, in] given the layer Hessian [in, in]. Returns (pruned weight, keep-mask, dead
     inputs: features that never fired, whose weights are zeroed). ``drift`` D [in, in]: fit the dense model's
-    output instead of the layer's own (``CrossObserver``), min ||X_dense W^T - X B^T||: B H = W (H + D)."""
+    output instead of the layer's own (``CrossObserver``), min ||X_dense W^T - X B^T||: B H = W (H + D).
+    ``per_row``: the support keeps the same count in every row (``project``)."""
     W = weight.detach().float().clone()
     H = hessian.detach().float().clone()
     dead = torch.diag(H) == 0
@@ -168,7 +181,7 @@ def alps_prune(
     target = W * scale
     # in the unit-diagonal variables B' = B * scale, B H = W H + W D reads B' unit = T unit + (W D) / scale
     right = None if drift is None else target @ unit + (weight.detach().float() @ drift) / scale
-    support, weights, _ = admm_support(target, unit, plan, rho, iterations, right)
+    support, weights, _ = admm_support(target, unit, plan, rho, iterations, right, per_row)
     weights = pcg_refit(weights, target, unit, support, pcg_iterations, right)
     return weights / scale, support, int(dead.sum())
 
@@ -189,12 +202,14 @@ class Alps(Method):
     pcg_iterations: int = 10
     fit: str = "self"  # each layer's own output on the pruned model's inputs, or the dense model's ("dense")
     mix: float | None = None  # with fit dense: how far toward the dense model's output (None: DEFAULT_MIX)
+    compare: str = "layer"  # the unstructured top-k: over the whole layer (the paper's) or within each row
 
     def __post_init__(self) -> None:
         check_positive(self.dampening, "dampening", "0.01")
         check_positive(self.rho, "rho", "0.1")
         check_whole(self.iterations, "iterations", CHECK_EVERY, "300")
         check_whole(self.pcg_iterations, "pcg_iterations", 0, "10")
+        check_choice(self.compare, "compare", COMPARE)
         object.__setattr__(self, "mix", check_fit(self.fit, self.mix))  # frozen: the share used, recorded
 
     def prune(self, weight: torch.Tensor, statistics: Any, plan: LayerPlan) -> Solution:
@@ -203,6 +218,14 @@ class Alps(Method):
         hessian = statistics.hessian.to(weight.device)
         drift = fitted_drift(statistics, self.fit, self.mix, weight.device)
         pruned, mask, dead = alps_prune(
-            weight, hessian, plan, self.dampening, self.rho, self.iterations, self.pcg_iterations, drift
+            weight,
+            hessian,
+            plan,
+            self.dampening,
+            self.rho,
+            self.iterations,
+            self.pcg_iterations,
+            drift,
+            per_row=self.compare == "row",
         )
         return Solution(mask, pruned, None, dead)
