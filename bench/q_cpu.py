@@ -119,12 +119,16 @@ RECIPES: dict[str, dict] = {
     "alps-2:4": {"method": "alps", "pattern": "2:4"},
     "alps-70": {"method": "alps", "sparsity": 0.7},
     "alps-70-owl": {"method": "alps", "sparsity": 0.7, "allocation": "owl"},
+    # the unstructured top-k compared within each row (Wanda's group) instead of the whole layer
+    "alps-50-row": {"method": {"name": "alps", "compare": "row"}},
+    "alps-70-row": {"method": {"name": "alps", "compare": "row"}, "sparsity": 0.7},
     # each layer fitted toward the dense model's output of the same tokens (a quarter of the way, the default;
     # "-mix1": the whole way), a dense stream beside the pruned one
     "alps-50-fit-dense": {"method": {"name": "alps", "fit": "dense"}},
     "alps-50-fit-dense-mix1": {"method": {"name": "alps", "fit": "dense", "mix": 1.0}},
     "alps-2:4-fit-dense": {"method": {"name": "alps", "fit": "dense"}, "pattern": "2:4"},
     "alps-70-fit-dense": {"method": {"name": "alps", "fit": "dense"}, "sparsity": 0.7},
+    "alps-50-row-fit-dense": {"method": {"name": "alps", "compare": "row", "fit": "dense"}},
     "sparsegpt-50-fit-dense": {"method": {"name": "sparsegpt", "fit": "dense"}},
     # the "best" preset: one epoch of EBFT toward the dense model after ALPS (a 4x budget)
     "alps-50-ebft-model-e1": {"method": "alps", "ebft": {"epochs": 1, "target": "model"}},
@@ -135,6 +139,13 @@ RECIPES: dict[str, dict] = {
         "method": "alps",
         "pattern": "2:4",
         "ebft": {"epochs": 1, "target": "model", "precision": "auto"},
+    },
+    # two epochs: what the tune stage's passes in bfloat16 (the dense target, the outputs handed on) leave room for
+    "alps-50-ebft-model-e2-auto": {"method": "alps", "ebft": {"epochs": 2, "target": "model", "precision": "auto"}},
+    "alps-2:4-ebft-model-e2-auto": {
+        "method": "alps",
+        "pattern": "2:4",
+        "ebft": {"epochs": 2, "target": "model", "precision": "auto"},
     },
 }
 SECATEURS.update(ALLOCATION)

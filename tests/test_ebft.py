@@ -343,3 +343,20 @@ def test_cli_prune_with_ebft_reports_every_block(tiny_folder, tmp_path, capsys):
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     weights = [p for n, p in reloaded.named_parameters() if "layers" in n and n.endswith("proj.weight")]
     assert sum(int((w == 0).sum()) for w in weights) == sum(w.numel() for w in weights) // 2
+
+
+@pytest.mark.parametrize("target", ["block", "model"])
+def test_in_bfloat16_only_the_pruning_pass_runs_in_float32(calibration, target):
+    """With bfloat16 tuning, the tune stage's passes (the dense target, the tuning, the outputs handed on) all
+    multiply in bfloat16; the strategy's pass that gathers the Hessians and prunes stays float32."""
+    model = tiny_model("llama")
+    seen: list[torch.dtype] = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.out_features != model.config.vocab_size:
+            module.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    recipe = load_recipe({"method": "sparsegpt", "ebft": {"epochs": 2, "target": target, "precision": "bfloat16"}})
+    report = prune(model, recipe, calibration, device="cpu", progress=False)
+    linears = sum(len(find_targets(block, "")) for block in find_blocks(model)[1])
+    batches = -(-calibration.shape[0] // report.walk.batch_size)
+    assert seen.count(torch.float32) == linears * batches  # one pass: SparseGPT's, true-sequential
+    assert seen.count(torch.bfloat16) >= linears * batches * (1 + 2 + 1)  # target, two epochs, outputs

@@ -118,23 +118,25 @@ class EbftTuner:
     def before(self, work: BlockWork) -> None:
         start = time.perf_counter()
         self.inputs = [batch.clone() for batch in work.hidden]
-        if self.reference is None:
-            self.dense = [run_block(work.block, batch, work.arguments[batch.shape[0]]) for batch in self.inputs]
-            self.update = sum(_squared(x, y) for x, y in zip(self.inputs, self.dense, strict=True))
-        else:
-            self.update = 0.0
-            for j, batch in enumerate(self.reference):
-                output = run_block(work.block, batch, work.arguments[batch.shape[0]])
-                self.update += _squared(batch, output)
-                overwrite(self.reference, j, output)
-            self.dense = self.reference
+        device = self.inputs[0].device
+        self.precision = resolve_precision(self.ebft.precision, device)
+        with autocast(self.precision, device):
+            if self.reference is None:
+                self.dense = [run_block(work.block, batch, work.arguments[batch.shape[0]]) for batch in self.inputs]
+                self.update = sum(_squared(x, y) for x, y in zip(self.inputs, self.dense, strict=True))
+            else:
+                self.update = 0.0
+                for j, batch in enumerate(self.reference):
+                    output = run_block(work.block, batch, work.arguments[batch.shape[0]])
+                    self.update += _squared(batch, output)
+                    overwrite(self.reference, j, output)
+                self.dense = self.reference
         work.seconds["tune"] += time.perf_counter() - start
 
     def after(self, work: BlockWork) -> int:
         start = time.perf_counter()
         before = self._error(work.hidden)
         untuned = {name: tensor.clone() for name, tensor in work.block.state_dict().items()}
-        self.precision = resolve_precision(self.ebft.precision, self.inputs[0].device)
         settings = replace(self.ebft.settings, precision=self.precision)
         losses = tune_block(work.block, work.retarget(), self.inputs, self.dense, work.arguments, settings)
         self._propagate(work)
@@ -150,8 +152,9 @@ class EbftTuner:
         return 2
 
     def _propagate(self, work: BlockWork) -> None:
-        for j, batch in enumerate(self.inputs):
-            overwrite(work.hidden, j, run_block(work.block, batch, work.arguments[batch.shape[0]]))
+        with autocast(self.precision, self.inputs[0].device):
+            for j, batch in enumerate(self.inputs):
+                overwrite(work.hidden, j, run_block(work.block, batch, work.arguments[batch.shape[0]]))
 
     def _error(self, hidden: list[torch.Tensor]) -> float:
         missed = sum(_squared(h, y) for h, y in zip(hidden, self.dense, strict=True))
