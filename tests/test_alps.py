@@ -9,7 +9,7 @@ from tiny_models import tiny_model
 from secateurs import load_recipe, prune
 from secateurs.errors import RecipeError
 from secateurs.methods import LayerPlan
-from secateurs.methods.alps import admm_step, admm_support, alps_prune, pcg_refit
+from secateurs.methods.alps import Alps, admm_step, admm_support, alps_prune, pcg_refit
 from secateurs.methods.sparsegpt import ObsSettings, sparsegpt_prune
 from secateurs.patterns import NMPattern, is_nm_sparse
 
@@ -115,7 +115,7 @@ def test_compared_within_rows_every_row_keeps_the_same_count():
     weight = weight * torch.linspace(0.1, 3.0, 8).unsqueeze(1)  # rows of very different sizes
     _, layer_mask, _ = alps_prune(weight, observer.hessian, LayerPlan(0.5, None))
     assert len(set(layer_mask.sum(1).tolist())) > 1  # the layer-wide top-k takes more from the small rows
-    pruned, mask, _ = alps_prune(weight, observer.hessian, LayerPlan(0.5, None), per_row=True)
+    pruned, mask, _ = alps_prune(weight, observer.hessian, LayerPlan(0.5, None), Alps(compare="row"))
     assert mask.sum(1).tolist() == [8] * 8 and (pruned[~mask] == 0).all()
     solution = solve_weight(weight, {"method": {"name": "alps", "compare": "row"}, "sparsity": 0.5}, observer)
     assert solution.mask.sum(1).tolist() == [8] * 8

@@ -159,30 +159,28 @@ def alps_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
     plan: LayerPlan,
-    dampening: float = DAMPENING,
-    rho: float = RHO,
-    iterations: int = 300,
-    pcg_iterations: int = 10,
+    settings: Alps | None = None,
     drift: torch.Tensor | None = None,
-    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """ALPS on ``weight`` [out, in] given the layer Hessian [in, in]. Returns (pruned weight, keep-mask, dead
-    inputs: features that never fired, whose weights are zeroed). ``drift`` D [in, in]: fit the dense model's
-    output instead of the layer's own (``CrossObserver``), min ||X_dense W^T - X B^T||: B H = W (H + D).
-    ``per_row``: the support keeps the same count in every row (``project``)."""
+    """ALPS on ``weight`` [out, in] given the layer Hessian [in, in], with ``settings``' dampening, rho, iterations
+    and comparison (None: the paper's). Returns (pruned weight, keep-mask, dead inputs: features that never fired,
+    whose weights are zeroed). ``drift`` D [in, in]: fit the dense model's output instead of the layer's own
+    (``CrossObserver``), min ||X_dense W^T - X B^T||: B H = W (H + D)."""
+    settings = settings or Alps()
     W = weight.detach().float().clone()
     H = hessian.detach().float().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    H += dampening * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    H += settings.dampening * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     scale = torch.sqrt(torch.diag(H))
     unit = H / scale.unsqueeze(0) / scale.unsqueeze(1)  # unit diagonal: B = W * scale compares as Wanda's score
     target = W * scale
     # in the unit-diagonal variables B' = B * scale, B H = W H + W D reads B' unit = T unit + (W D) / scale
     right = None if drift is None else target @ unit + (weight.detach().float() @ drift) / scale
-    support, weights, _ = admm_support(target, unit, plan, rho, iterations, right, per_row)
-    weights = pcg_refit(weights, target, unit, support, pcg_iterations, right)
+    per_row = settings.compare == "row"
+    support, weights, _ = admm_support(target, unit, plan, settings.rho, settings.iterations, right, per_row)
+    weights = pcg_refit(weights, target, unit, support, settings.pcg_iterations, right)
     return weights / scale, support, int(dead.sum())
 
 
@@ -217,15 +215,5 @@ class Alps(Method):
             check_nm_columns(weight.shape[1], plan.pattern)
         hessian = statistics.hessian.to(weight.device)
         drift = fitted_drift(statistics, self.fit, self.mix, weight.device)
-        pruned, mask, dead = alps_prune(
-            weight,
-            hessian,
-            plan,
-            self.dampening,
-            self.rho,
-            self.iterations,
-            self.pcg_iterations,
-            drift,
-            per_row=self.compare == "row",
-        )
+        pruned, mask, dead = alps_prune(weight, hessian, plan, self, drift)
         return Solution(mask, pruned, None, dead)
