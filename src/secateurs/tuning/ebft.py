@@ -107,7 +107,7 @@ class EbftTuner:
         self.inputs: list[torch.Tensor] = []
         self.dense: list[torch.Tensor] = []
         self.update = 0.0
-        self.precision = ebft.precision  # resolved on the device of the first block tuned
+        self.precision = ebft.precision  # resolved at every block's start, on its activations' device
 
     def start(self, streams: list[list[torch.Tensor]], memo: dict[str, Any]) -> None:
         if self.ebft.target == "model":
