@@ -273,6 +273,8 @@ def summary_table(results: dict) -> str:
 def run_summary(paths: list[Path]) -> str:
     """The README's small tables: perplexity and prune time against llmcompressor's, one table per run (runs of
     record, newest first), each method and sparsity from the newest run that measured it against the peer."""
+    import run_tables
+
     parts, shown, last = [], set(), None
     for path in paths:
         results = json.loads(path.read_text())
@@ -284,7 +286,8 @@ def run_summary(paths: list[Path]) -> str:
             *RUN_SUMMARY_HEADER,
             *(line for _, line in rows),
             "",
-            f"Run `{path.relative_to(ROOT)}`: {results['host'].get('cpu')}, {results['rounds']} rounds interleaved.",
+            f"Run `{path.relative_to(ROOT)}`: {run_tables.cpu(results['host'])}, "
+            f"{results['rounds']} rounds interleaved.",
             "",
         ]
         last = results

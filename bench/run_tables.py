@@ -64,10 +64,17 @@ def provenance(results: dict, path: Path) -> str:
     return (
         f"Run `{results['run_id']}` (`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`): "
         f"protocol {results['protocol']}, "
-        f"{results['rounds']} rounds; {host.get('cpu')}, {host.get('cpus')} cores, kernel {host.get('kernel')}; "
+        f"{results['rounds']} rounds; {cpu(host)}, {host.get('cpus')} cores, kernel {host.get('kernel')}; "
         f"commit `{results['commit'][:10]}` ({clean}); {results['start']} to {results['end']}; "
         f"command `{results['command']}`." + _rejudged(results)
     )
+
+
+def cpu(host: dict) -> str:
+    """The CPU's name, with its generation and instruction sets where the run recorded them (not before)."""
+    if "cpu_id" not in host:
+        return str(host.get("cpu"))
+    return f"{host.get('cpu')} ({host['cpu_id']}; {' '.join(host['cpu_features']) or 'none of the recorded sets'})"
 
 
 def _rejudged(results: dict) -> str:
@@ -241,7 +248,7 @@ def gguf_summary(results: dict, path: Path, outtype: str = "f16") -> str:
     host = results["host"]
     lines += [
         "",
-        f"SmolLM2-135M in llama.cpp ({host.get('cpu')}, {results['threads']} threads, batch 1), median [min, max] of "
+        f"SmolLM2-135M in llama.cpp ({cpu(host)}, {results['threads']} threads, batch 1), median [min, max] of "
         f"{results['rounds']} rounds of one run, `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`; "
         "WikiText-2 perplexity of each file read back (protocol GGUF in [docs/benchmarks.md](docs/benchmarks.md), "
         "with f32 and q8_0 and the ideal gains).",

@@ -176,6 +176,22 @@ def _cut_rows(run_id: str = "r1") -> list[dict]:
     return rows
 
 
+def test_a_runs_host_names_the_cpus_generation_and_instruction_sets():
+    """Two hosts both called "AMD EPYC" (one with AVX-512 bfloat16 units, one with AVX2 only) time bfloat16
+    tuning 2x apart: the host record tells them apart, and the tables say which one ran."""
+    import run_tables
+
+    from secateurs.report.facts import cpu_detail
+
+    zen3 = {"model name": "AMD EPYC", "cpu family": "25", "model": "1", "stepping": "1", "flags": "fpu avx avx2 fma"}
+    zen4 = {**zen3, "model": "17", "flags": "avx2 avx512f avx512bw avx512_bf16"}
+    assert cpu_detail(zen3) == {"cpu_id": "cpu family 25, model 1, stepping 1", "cpu_features": ["avx2"]}
+    assert cpu_detail(zen4)["cpu_features"] == ["avx2", "avx512f", "avx512_bf16"]
+    host = {"cpu": "AMD EPYC", **cpu_detail(zen4)}
+    assert run_tables.cpu(host) == "AMD EPYC (cpu family 25, model 17, stepping 1; avx2 avx512f avx512_bf16)"
+    assert run_tables.cpu({"cpu": "AMD EPYC"}) == "AMD EPYC"  # a run recorded before the detail was
+
+
 def test_a_gguf_run_renders_speedups_against_the_ideal_gain(tmp_path):
     import run_tables
 

@@ -21,28 +21,48 @@ def versions() -> dict[str, str]:
     return found
 
 
+# The instruction sets that decide which kernels a CPU runs (float32 AVX2 or AVX-512, bfloat16 units): two hosts
+# with the same model name can differ in them, and their timings with it.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
+
+
 def machine() -> dict[str, object]:
+    cpuinfo = _cpuinfo()
     info: dict[str, object] = {
         "platform": platform.platform(),
         "processor": platform.machine(),
-        "cpu": _cpu_model(),
+        "cpu": cpuinfo.get("model name") or platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
+    if cpuinfo:
+        info.update(cpu_detail(cpuinfo))
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
     return info
 
 
-def _cpu_model() -> str:
+def cpu_detail(cpuinfo: dict[str, str]) -> dict[str, object]:
+    """The CPU's generation (family, model, stepping) and its ``CPU_FEATURES``, from /proc/cpuinfo's fields:
+    virtual machines often report a bare "AMD EPYC", whatever the generation beneath."""
+    generation = [f"{key} {cpuinfo[key]}" for key in ("cpu family", "model", "stepping") if key in cpuinfo]
+    flags = set((cpuinfo.get("flags") or cpuinfo.get("Features") or "").split())  # x86 / ARM
+    return {"cpu_id": ", ".join(generation), "cpu_features": [name for name in CPU_FEATURES if name in flags]}
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
 
 
 def peak_rss_mib() -> float:
