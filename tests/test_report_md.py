@@ -57,7 +57,7 @@ def test_reconstruction_error_is_rendered_when_present(tmp_path):
         for kind, error in (("self_attn.q_proj", 0.01 * (block + 1)), ("mlp.down_proj", 0.2 * (block + 1)))
     ]
     recipe = {"method": {"name": "wanda", "variant": False}, "sparsity": 0.5, "pattern": "unstructured"}
-    report = Report(recipe=recipe, layers=layers)
+    report = Report(recipe=recipe, layers=layers, machine={"cpu": "AMD EPYC", "cpu_features": ["avx2", "avx512f"]})
     written = write_markdown_report(report, tmp_path)
     assert written == tmp_path / "report.md"  # it returns the Markdown file; the plots lie beside it
     markdown = (tmp_path / "report.md").read_text()
@@ -67,6 +67,7 @@ def test_reconstruction_error_is_rendered_when_present(tmp_path):
         _opens_as_png(tmp_path / name)
     assert "| # | layer | shape | sparsity | reconstruction error | note |" in markdown
     assert "| 5 | model.layers.2.mlp.down_proj | 8 x 8 | 0.5 | 0.6 |  |" in markdown
+    assert "| cpu_features | avx2 avx512f |" in markdown  # the instruction sets as words
 
 
 def _depth_report(search_windows: int | None) -> Report:

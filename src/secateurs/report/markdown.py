@@ -237,7 +237,8 @@ def _training(report: Report, folder: Path) -> list[str]:
 
 def _environment(report: Report) -> list[str]:
     rows = [(f"{name} version", version) for name, version in report.versions.items()]
-    rows += [(name, value) for name, value in report.machine.items()]
+    # a list (the CPU's instruction sets) as words, not as Python's repr
+    rows += [(name, " ".join(value) if isinstance(value, list) else value) for name, value in report.machine.items()]
     return ["## Environment", markdown_table(["quantity", "value"], rows)] if rows else []
 
 
