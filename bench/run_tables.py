@@ -74,7 +74,8 @@ def cpu(host: dict) -> str:
     """The CPU's name, with its generation and instruction sets where the run recorded them (not before)."""
     if "cpu_id" not in host:
         return str(host.get("cpu"))
-    return f"{host.get('cpu')} ({host['cpu_id']}; {' '.join(host['cpu_features']) or 'none of the recorded sets'})"
+    detail = [host["cpu_id"], " ".join(host["cpu_features"]) or "none of the recorded sets"]
+    return f"{host.get('cpu')} ({'; '.join(part for part in detail if part)})"
 
 
 def _rejudged(results: dict) -> str:

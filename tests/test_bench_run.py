@@ -190,6 +190,11 @@ def test_a_runs_host_names_the_cpus_generation_and_instruction_sets():
     host = {"cpu": "AMD EPYC", **cpu_detail(zen4)}
     assert run_tables.cpu(host) == "AMD EPYC (cpu family 25, model 17, stepping 1; avx2 avx512f avx512_bf16)"
     assert run_tables.cpu({"cpu": "AMD EPYC"}) == "AMD EPYC"  # a run recorded before the detail was
+    # ARM has no model name or family: its core is named by implementer and part
+    neoverse = {"Features": "fp asimd evtstrm aes", "CPU implementer": "0x41", "CPU part": "0xd0c"}
+    arm = {"cpu": "aarch64", **cpu_detail(neoverse)}
+    assert run_tables.cpu(arm) == "aarch64 (CPU implementer 0x41, CPU part 0xd0c; asimd)"
+    assert run_tables.cpu({"cpu": "x", "cpu_id": "", "cpu_features": []}) == "x (none of the recorded sets)"
 
 
 def test_a_gguf_run_renders_speedups_against_the_ideal_gain(tmp_path):

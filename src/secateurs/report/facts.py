@@ -24,6 +24,8 @@ def versions() -> dict[str, str]:
 # The instruction sets that decide which kernels a CPU runs (float32 AVX2 or AVX-512, bfloat16 units): two hosts
 # with the same model name can differ in them, and their timings with it.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
+# Which core it is: x86 and ARM name it with different /proc/cpuinfo fields (each has only its own).
+GENERATION_FIELDS = ("cpu family", "model", "stepping", "CPU implementer", "CPU part", "CPU variant", "CPU revision")
 
 
 def machine() -> dict[str, object]:
@@ -43,9 +45,10 @@ def machine() -> dict[str, object]:
 
 
 def cpu_detail(cpuinfo: dict[str, str]) -> dict[str, object]:
-    """The CPU's generation (family, model, stepping) and its ``CPU_FEATURES``, from /proc/cpuinfo's fields:
-    virtual machines often report a bare "AMD EPYC", whatever the generation beneath."""
-    generation = [f"{key} {cpuinfo[key]}" for key in ("cpu family", "model", "stepping") if key in cpuinfo]
+    """The CPU's generation and its ``CPU_FEATURES``, from /proc/cpuinfo's fields: virtual machines often
+    report a bare "AMD EPYC", whatever the generation beneath. x86 names it by family, model and stepping;
+    ARM has no model name and names its core by implementer and part (0x41 0xd0c: Arm Neoverse N1)."""
+    generation = [f"{key} {cpuinfo[key]}" for key in GENERATION_FIELDS if key in cpuinfo]
     flags = set((cpuinfo.get("flags") or cpuinfo.get("Features") or "").split())  # x86 / ARM
     return {"cpu_id": ", ".join(generation), "cpu_features": [name for name in CPU_FEATURES if name in flags]}
 
