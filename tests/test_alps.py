@@ -137,8 +137,9 @@ def test_the_shipped_presets_carry_their_gain_to_every_family(family):
     calibration, held_out = (torch.randint(3, vocab, (8, 32), generator=seed) for seed in seeds)
     with torch.no_grad():
         references = [dense(input_ids=tokens).logits for tokens in (calibration, held_out)]
+    recipes = {"sparsegpt": {"method": "sparsegpt"}, **{preset: read_preset(preset) for preset in ("balanced", "best")}}
     missed = {}
-    for name, spec in (("sparsegpt", {"method": "sparsegpt"}), *((p, read_preset(p)) for p in ("balanced", "best"))):
+    for name, spec in recipes.items():
         model = tiny_model(family)
         prune(model, load_recipe({**spec, "sparsity": 0.7}), calibration, progress=False)
         with torch.no_grad():
